@@ -1,0 +1,469 @@
+"""
+The DeSTA2 speech language model in one file.
+
+    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks
+        -> Q-Former adapter (the only trained part) -> 64 vectors in the LLM's embedding space
+        -> [64 speech vectors + Whisper's transcript] in the chat prompt of a frozen instruction-tuned LLM
+
+References: Lu et al., "Developing Instruction-Following Speech Language Model Without Speech
+Instruction-Tuning Data" (DeSTA2, 2024). Dimensions follow the published model; see AdapterConfig.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import whisper
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+
+# ----------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class AdapterConfig:
+    # which base models the adapter sits between: hub names (whisper "small", "meta-llama/...") or local paths
+    whisper: str = "weights/whisper-base.pt"
+    llm: str = "weights/qwen2.5-coder-0.5b-instruct"
+    tapped_layers: tuple = ()  # Whisper encoder blocks whose outputs feed the adapter; () = default_tapped_layers()
+    n_queries: int = 64  # learned queries per tapped block = speech vectors per clip
+    n_qformer_layer: int = 2  # one BERT-style stack, shared by all tapped blocks
+    dropout: float = 0.1
+    # read off the base models when the model is built
+    n_audio_state: int = 0  # Whisper encoder width, also the Q-Former width
+    n_audio_head: int = 0  # Whisper encoder heads, also the Q-Former heads
+    n_llm_state: int = 0  # LLM hidden size
+
+
+def default_tapped_layers(n_layer: int) -> tuple:
+    # DeSTA2 taps 4 evenly spaced blocks ending with the last one (small: 2,5,8,11; tiny: 0,1,2,3;
+    # medium: 5,11,17,23). When 4 does not divide the depth (base has 6 blocks) we keep the spacing even and
+    # tap fewer blocks: base -> 1,3,5.
+    n_taps = next(t for t in (4, 3, 2, 1) if n_layer % t == 0)
+    stride = n_layer // n_taps
+    return tuple(stride * (i + 1) - 1 for i in range(n_taps))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the adapter: a BERT-style Q-Former in plain torch
+
+
+class QFormerAttention(nn.Module):
+    """Multi-head attention in BERT's post-LayerNorm form: LayerNorm(x + Dropout(Attention(x, context)))."""
+
+    def __init__(self, n_state: int, n_head: int, dropout: float):
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+        self.ln = nn.LayerNorm(n_state, eps=1e-12)
+
+    def forward(self, x, context=None, mask=None):
+        # x: (B, Q, D) queries; context: (B, T, D) frames for cross-attention (None = self-attention)
+        # mask: (B, 1, 1, T) bool, True where a frame is real audio
+        context = x if context is None else context
+        B, Q, D = x.shape
+        q = self.query(x).view(B, Q, self.n_head, -1).transpose(1, 2)
+        k = self.key(context).view(B, context.shape[1], self.n_head, -1).transpose(1, 2)
+        v = self.value(context).view(B, context.shape[1], self.n_head, -1).transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        a = a.transpose(1, 2).reshape(B, Q, D)
+        return self.ln(x + F.dropout(self.out(a), p, self.training))
+
+
+class QFormerLayer(nn.Module):
+    """Self-attention among the queries, cross-attention from queries to frames, 4x GELU feed-forward."""
+
+    def __init__(self, n_state: int, n_head: int, dropout: float):
+        super().__init__()
+        self.self_attn = QFormerAttention(n_state, n_head, dropout)
+        self.cross_attn = QFormerAttention(n_state, n_head, dropout)
+        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
+        self.mlp_ln = nn.LayerNorm(n_state, eps=1e-12)
+        self.dropout = dropout
+
+    def forward(self, x, frames, mask):
+        x = self.self_attn(x)
+        x = self.cross_attn(x, frames, mask)
+        return self.mlp_ln(x + F.dropout(self.mlp(x), self.dropout, self.training))
+
+
+class SpeechAdapter(nn.Module):
+    """Tapped Whisper hidden states -> n_queries vectors in the LLM's embedding space."""
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        c = config
+        n_tapped = len(c.tapped_layers)
+        self.queries = nn.Parameter(torch.randn(n_tapped, c.n_queries, c.n_audio_state))  # 64 per tapped block
+        # which tapped block each query listens to: zeros = an even mix at the start of training
+        self.layer_weights = nn.Parameter(torch.zeros(c.n_queries, n_tapped))
+        self.layers = nn.ModuleList(
+            [QFormerLayer(c.n_audio_state, c.n_audio_head, c.dropout) for _ in range(c.n_qformer_layer)]
+        )
+        self.ln_out = nn.LayerNorm(c.n_audio_state)
+        self.proj = nn.Linear(c.n_audio_state, c.n_llm_state)
+
+    def forward(self, tapped_states, frame_mask):
+        # tapped_states: (B, L, T, D) outputs of the L tapped blocks; frame_mask: (B, T) True on real frames
+        B, L, T, D = tapped_states.shape
+        # the same Q-Former runs once per tapped block: fold the blocks into the batch
+        frames = tapped_states.reshape(B * L, T, D)
+        mask = frame_mask.repeat_interleave(L, dim=0)[:, None, None, :]  # (B*L, 1, 1, T)
+        x = self.queries.to(frames.dtype).repeat(B, 1, 1)  # (B*L, Q, D)
+        for layer in self.layers:
+            x = layer(x, frames, mask)
+        x = x.view(B, L, -1, D)
+        weights = self.layer_weights.softmax(dim=-1).to(x.dtype)  # (Q, L): per query, a mix over blocks
+        x = torch.einsum("blqd,ql->bqd", x, weights)
+        return self.proj(self.ln_out(x))  # (B, Q, n_llm_state)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the frozen Whisper encoder, run on the real length of the audio
+
+
+def audio_to_mel(audios, n_mels: int, pad_to_30s: bool = False):
+    """Log-mel spectrograms of a batch of 16 kHz mono float arrays -> (B, n_mels, 2*T) and the frame mask (B, T).
+
+    Each clip's mel is computed alone because Whisper normalises by the clip's own maximum: computing the
+    batch at once would let one clip's loudness change another's features. With pad_to_30s every clip is
+    padded to 30 s as Whisper was trained (and as the published DeSTA2 code does), and all 1500 frames count.
+    """
+    mels = []
+    for audio in audios:
+        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if pad_to_30s:
+            audio = whisper.pad_or_trim(audio)
+        else:
+            # whole pairs of mel frames, because the encoder's second convolution has stride 2
+            audio = F.pad(audio, (0, -len(audio) % (2 * HOP_LENGTH)))
+        mels.append(whisper.log_mel_spectrogram(audio, n_mels))
+    n_mel_frames = torch.tensor([m.shape[1] for m in mels])
+    # zeros past a clip's end stand exactly where the first convolution's own zero padding would be,
+    # so a clip's features do not depend on what else is in the batch
+    mel = torch.zeros(len(mels), n_mels, int(n_mel_frames.max()))
+    for i, m in enumerate(mels):
+        mel[i, :, : m.shape[1]] = m
+    frame_mask = torch.arange(mel.shape[2] // 2)[None, :] < (n_mel_frames[:, None] // 2)
+    return mel, frame_mask
+
+
+def encoder_block(block, x, key_mask):
+    """One Whisper encoder block (pre-LayerNorm residual attention + MLP), with padded frames masked out.
+
+    openai-whisper's own block takes no padding mask, so we run its weights here.
+    """
+    B, T, D = x.shape
+    attn, h = block.attn, block.attn_ln(x)
+    q, k, v = (proj(h).view(B, T, attn.n_head, -1).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    x = x + attn.out(a.transpose(1, 2).reshape(B, T, D))
+    return x + block.mlp(block.mlp_ln(x))
+
+
+def encode_tapped_layers(encoder, mel, frame_mask, tapped_layers):
+    """Run the frozen encoder on (B, n_mels, 2*T) mels and return the tapped blocks' outputs (B, L, T, D).
+
+    Whisper was trained on 30-s windows, yet we run it on the real length by slicing the sinusoidal positional
+    embedding. That is sound for a frozen feature extractor: the weights do not depend on the window length,
+    each frame keeps its true position, and the adapter is trained on exactly these features, so it never sees
+    a mismatch between training and inference. It saves most of the encoder's cost on short clips
+    (attention is quadratic in frames). The padded behaviour stays available as pad_to_30s.
+    """
+    x = F.gelu(encoder.conv1(mel))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, T, D)
+    x = x + encoder.positional_embedding[: x.shape[1]].to(x.dtype)
+    tapped = []
+    for i, block in enumerate(encoder.blocks[: max(tapped_layers) + 1]):  # blocks past the last tap are not needed
+        x = encoder_block(block, x, frame_mask)
+        if i in tapped_layers:
+            tapped.append(x)  # raw block output, before the encoder's final LayerNorm
+    return torch.stack(tapped, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the chat layout: ONE place that decides where the audio and the text go, used by pair generation,
+# training, sampling and evaluation
+
+AUDIO_START, AUDIO_END = "<audio>", "</audio>"
+SPEECH_SLOT = "<|speech|>"  # stands for the speech vectors while the prompt is a string
+DEFAULT_INSTRUCTION = "What can you hear from the audio?"
+
+
+def render_prompt(tokenizer, audio_text: str, instruction: str) -> str:
+    """The chat prompt up to where the assistant's reply begins, as a string.
+
+    audio_text is what stands in the audio's place: SPEECH_SLOT + transcript for the speech model, or the seed
+    transcript for pair generation and for the text-only baselines. The audio goes inside the user turn between
+    markers (as DeSTA2.5 does), because chat templates such as Qwen's do not render an extra "audio" role.
+    """
+    content = f"{AUDIO_START}{audio_text}{AUDIO_END}\n{instruction}"
+    messages = [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an assistant turn in this LLM's chat template (<|im_end|> for Qwen, <|eot_id|> for Llama 3)."""
+    marker = "XYZZY"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    closing = text[text.rindex(marker) + len(marker) :].strip()
+    return tokenizer(closing, add_special_tokens=False).input_ids[0]
+
+
+@dataclass
+class TextPieces:
+    """One example's token ids around the speech vectors: prefix [speech] suffix target."""
+
+    prefix: list  # chat header and the audio-start marker
+    suffix: list  # transcript, audio-end marker, instruction, assistant header
+    target: list = field(default_factory=list)  # reply + end-of-turn (training only)
+
+
+def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_tokens=200, eot_id=None):
+    """Token ids for one example; the transcript and the target are each cut to max_text_tokens (DeSTA2 uses 200)."""
+    transcript_ids = tokenizer(transcript, add_special_tokens=False).input_ids
+    if len(transcript_ids) > max_text_tokens:
+        transcript = tokenizer.decode(transcript_ids[:max_text_tokens])
+    prefix, suffix = render_prompt(tokenizer, SPEECH_SLOT + transcript, instruction).split(SPEECH_SLOT)
+    # the template already holds any begin-of-text token, so nothing more is added here
+    pieces = TextPieces(tokenizer(prefix, add_special_tokens=False).input_ids, tokenizer(suffix, add_special_tokens=False).input_ids)
+    if target is not None:
+        eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
+        pieces.target = tokenizer(target, add_special_tokens=False).input_ids[:max_text_tokens] + [eot_id]
+    return pieces
+
+
+# ----------------------------------------------------------------------------------------------------
+# the whole model
+
+
+class DeSTA2(nn.Module):
+    def __init__(self, whisper_model, llm, tokenizer, config: AdapterConfig, pad_to_30s: bool = False):
+        super().__init__()
+        self.config = config
+        self.whisper, self.llm, self.tokenizer = whisper_model, llm, tokenizer
+        self.adapter = SpeechAdapter(config)
+        self.pad_to_30s = pad_to_30s
+        self.eot_id = end_of_turn_id(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
+        # only the adapter trains: the base models are frozen and stay in eval mode (no dropout) for good
+        for base in (self.whisper, self.llm):
+            base.requires_grad_(False)
+            base.eval()
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.adapter.train(mode)
+        return self
+
+    # --- speech -> vectors ---
+
+    @torch.no_grad()
+    def speech_features(self, audios):
+        """Tapped Whisper block outputs (B, L, T, D) and the frame mask (B, T) for a list of 16 kHz arrays.
+        The encoder is frozen, so these can be computed once per clip and cached."""
+        device = self.whisper.device
+        mel, frame_mask = audio_to_mel(audios, self.whisper.dims.n_mels, self.pad_to_30s)
+        if self.pad_to_30s:
+            frame_mask = torch.ones_like(frame_mask)  # the published way: the padding counts as audio
+        frame_mask = frame_mask.to(device)
+        tapped = encode_tapped_layers(self.whisper.encoder, mel.to(device), frame_mask, self.config.tapped_layers)
+        return tapped, frame_mask
+
+    @torch.no_grad()
+    def transcribe(self, audios):
+        """Whisper's own transcript of each clip: greedy, English, no timestamps, one 30-s window per clip."""
+        n_mels = self.whisper.dims.n_mels
+        mel = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(a, dtype=torch.float32)), n_mels) for a in audios])
+        language = "en" if self.whisper.is_multilingual else None
+        options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=self.whisper.device.type == "cuda")
+        return [r.text.strip() for r in whisper.decode(self.whisper, mel.to(self.whisper.device), options)]
+
+    # --- building the LLM's input ---
+
+    def tokenize(self, transcripts, instructions, targets=None, max_text_tokens=200):
+        targets = [None] * len(transcripts) if targets is None else targets
+        return [
+            tokenize_example(self.tokenizer, t, i, g, max_text_tokens, self.eot_id)
+            for t, i, g in zip(transcripts, instructions, targets)
+        ]
+
+    def assemble(self, speech_vectors, pieces, pad_left=False):
+        """Lay out a batch for the LLM: prefix, speech vectors (None for text-only prompts), suffix, target.
+
+        Returns inputs_embeds (B, S, H), attention_mask (B, S), position_ids (B, S), labels (B, S).
+        Padding goes right for training and left for generation (so every row's next token is the last column);
+        positions count real tokens only, so a row's numbers do not depend on the other rows.
+        Labels are -100 everywhere but the target tokens and the closing end-of-turn.
+        """
+        n_speech = 0 if speech_vectors is None else speech_vectors.shape[1]
+        rows, labels, speech_rows = [], [], []
+        for p in pieces:
+            rows.append(p.prefix + [self.pad_id] * n_speech + p.suffix + p.target)
+            labels.append([-100] * (len(p.prefix) + n_speech + len(p.suffix)) + p.target)
+            speech_rows.append([False] * len(p.prefix) + [True] * n_speech + [False] * (len(p.suffix) + len(p.target)))
+        S = max(len(r) for r in rows)
+
+        def pad(seqs, value):
+            return torch.tensor([[value] * (S - len(s)) + s if pad_left else s + [value] * (S - len(s)) for s in seqs])
+
+        device = self.llm.device
+        input_ids = pad(rows, self.pad_id).to(device)
+        attention_mask = pad([[1] * len(r) for r in rows], 0).to(device)
+        speech_mask = pad(speech_rows, False).to(device)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if n_speech:
+            # the speech vectors take the slot's places, in order; masked_scatter keeps their gradient
+            embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                    labels=pad(labels, -100).to(device), speech_mask=speech_mask)
+
+    # --- training ---
+
+    def forward(self, tapped_states, frame_mask, pieces):
+        """Mean cross-entropy over the target tokens (and the closing end-of-turn) of a batch."""
+        speech_vectors = self.adapter(tapped_states, frame_mask)
+        batch = self.assemble(speech_vectors, pieces)
+        logits = self.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"]).logits
+        # the logits at position t predict the token at t+1
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    # --- inference ---
+
+    @torch.no_grad()
+    def generate(self, audios, instructions, transcripts=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
+                 use_adapter=True):
+        """Answer an instruction about each clip. Returns (answers, transcripts).
+
+        transcripts=None transcribes with Whisper; use_adapter=False leaves the speech vectors out (the cascade:
+        transcript only). Greedy when temperature is 0.
+        """
+        if transcripts is None:
+            transcripts = self.transcribe(audios)
+        pieces = self.tokenize(transcripts, instructions)
+        speech_vectors = self.adapter(*self.speech_features(audios)) if use_adapter else None
+        batch = self.assemble(speech_vectors, pieces, pad_left=True)
+        return self.decode(batch, max_new_tokens, temperature, top_p), transcripts
+
+    @torch.no_grad()
+    def generate_from_text(self, prompts, max_new_tokens=128, temperature=0.0, top_p=1.0):
+        """Answer already-rendered chat prompts (render_prompt) with the LLM alone: used for pair generation
+        (the seed transcript in the audio's place) and the text-only baselines."""
+        ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        batch = self.assemble(None, [TextPieces(i, []) for i in ids], pad_left=True)
+        return self.decode(batch, max_new_tokens, temperature, top_p)
+
+    def decode(self, batch, max_new_tokens, temperature, top_p):
+        """Token-by-token decoding with the LLM's KV cache, for a left-padded batch."""
+        stop_ids = torch.tensor(sorted({self.eot_id, self.tokenizer.eos_token_id} - {None}), device=self.llm.device)
+        attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
+        out = self.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
+                       position_ids=position_ids, use_cache=True)
+        B = attention_mask.shape[0]
+        finished = torch.zeros(B, dtype=torch.bool, device=attention_mask.device)
+        new_tokens = []
+        for _ in range(max_new_tokens):
+            next_token = pick_token(out.logits[:, -1].float(), temperature, top_p)
+            next_token = torch.where(finished, self.pad_id, next_token)
+            new_tokens.append(next_token)
+            finished |= torch.isin(next_token, stop_ids)
+            if finished.all():
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            out = self.llm(input_ids=next_token[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                           cache=out.cache, use_cache=True)
+        tokens = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(B)]
+        answers = []
+        for row in tokens:
+            ends = [i for i, t in enumerate(row) if t in stop_ids.tolist()]
+            answers.append(self.tokenizer.decode(row[: ends[0]] if ends else row, skip_special_tokens=True).strip())
+        return answers
+
+    # --- the adapter alone is the checkpoint ---
+
+    def save_adapter(self, path):
+        """The adapter's weights as safetensors, with its config in the header: a few MB, never the LLM."""
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.adapter.state_dict().items()}
+        save_file(state, path, metadata={"config": json.dumps(asdict(self.config))})
+
+    def load_adapter(self, path):
+        config = read_adapter_config(path)
+        mine = asdict(self.config)
+        for key in ("tapped_layers", "n_queries", "n_qformer_layer", "n_audio_state", "n_audio_head", "n_llm_state"):
+            if tuple_if_list(config[key]) != tuple_if_list(mine[key]):
+                raise ValueError(f"{path}: adapter was trained with {key}={config[key]} ({config['whisper']} + {config['llm']}), "
+                                 f"but this model has {key}={mine[key]} ({self.config.whisper} + {self.config.llm})")
+        self.adapter.load_state_dict(load_file(path, device=str(next(self.adapter.parameters()).device)))
+
+
+def tuple_if_list(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def read_adapter_config(path) -> dict:
+    """The AdapterConfig fields stored in an adapter file's header."""
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: not a nanoDeSTA adapter file (no config in its safetensors header)")
+    config = json.loads(meta["config"])
+    known = {f.name for f in fields(AdapterConfig)}
+    return {k: v for k, v in config.items() if k in known}
+
+
+def pick_token(logits, temperature, top_p):
+    """Greedy when temperature is 0; otherwise sample from the smallest set of tokens holding top_p of the mass."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = (logits / temperature).softmax(dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep tokens until the mass reaches top_p
+    sorted_probs[outside] = 0.0
+    choice = torch.multinomial(sorted_probs, 1)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", llm_dtype=torch.bfloat16,
+               pad_to_30s=False) -> DeSTA2:
+    """Build DeSTA2 from base models named in config (hub names or local paths), optionally with a trained adapter.
+
+    With adapter_path and no config, the base models are the ones the adapter was trained with.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if config is None:
+        config = AdapterConfig(**read_adapter_config(adapter_path)) if adapter_path else AdapterConfig()
+    whisper_model = whisper.load_model(config.whisper, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(config.llm)
+    llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=llm_dtype).to(device)
+    dims = whisper_model.dims
+    config = AdapterConfig(**{
+        **asdict(config),
+        "tapped_layers": tuple(config.tapped_layers) or default_tapped_layers(dims.n_audio_layer),
+        "n_audio_state": dims.n_audio_state, "n_audio_head": dims.n_audio_head,
+        "n_llm_state": llm.config.get_text_config().hidden_size,
+    })
+    if max(config.tapped_layers) >= dims.n_audio_layer:
+        raise ValueError(f"tapped_layers {config.tapped_layers} out of range: {config.whisper} has {dims.n_audio_layer} encoder blocks")
+    model = DeSTA2(whisper_model, llm, tokenizer, config, pad_to_30s).to(device)
+    if adapter_path:
+        model.load_adapter(adapter_path)
+    return model

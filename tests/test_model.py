@@ -1,0 +1,157 @@
+"""Fast tests of model.py on tiny random base models (see conftest.py)."""
+import numpy as np
+import pytest
+import torch
+from conftest import chirp
+
+from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, default_tapped_layers, load_model,
+                   pick_token, render_prompt)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_adapter_matches_published_size():
+    # whisper-small (768 wide, 12 heads, blocks 2,5,8,11) into Llama-3-8B (4096): the released adapter's size
+    config = AdapterConfig(tapped_layers=(2, 5, 8, 11), n_audio_state=768, n_audio_head=12, n_llm_state=4096)
+    assert n_params(SpeechAdapter(config)) == 22_251_776
+
+
+def test_adapter_shapes_and_size_follow_the_dims():
+    D, H, L, Q = 64, 48, 3, 64
+    config = AdapterConfig(tapped_layers=(0, 1, 3), n_audio_state=D, n_audio_head=4, n_llm_state=H)
+    adapter = SpeechAdapter(config)
+    per_attention = 4 * (D * D + D) + 2 * D
+    per_layer = 2 * per_attention + (D * 4 * D + 4 * D) + (4 * D * D + D) + 2 * D
+    assert n_params(adapter) == 2 * per_layer + L * Q * D + Q * L + 2 * D + D * H + H
+    out = adapter(torch.randn(2, L, 37, D), torch.ones(2, 37, dtype=torch.bool))
+    assert out.shape == (2, Q, H)
+
+
+@pytest.mark.parametrize("n_layer,expected", [(4, (0, 1, 2, 3)), (6, (1, 3, 5)), (12, (2, 5, 8, 11)), (24, (5, 11, 17, 23))])
+def test_default_tapped_layers(n_layer, expected):
+    assert default_tapped_layers(n_layer) == expected
+
+
+def test_speech_vectors_land_in_the_audio_slot(tiny_model):
+    m = tiny_model
+    pieces = m.tokenize(["hello world", "the quick brown fox jumps"], [DEFAULT_INSTRUCTION] * 2, ["a female", "a male voice"])
+    speech = torch.randn(2, 64, m.config.n_llm_state)
+    for pad_left in (False, True):
+        batch = m.assemble(speech, pieces, pad_left=pad_left)
+        S = batch["inputs_embeds"].shape[1]
+        for i, p in enumerate(pieces):
+            n_pad = S - (len(p.prefix) + 64 + len(p.suffix) + len(p.target))
+            start = (n_pad if pad_left else 0) + len(p.prefix)
+            where = batch["speech_mask"][i].nonzero().flatten().tolist()
+            assert where == list(range(start, start + 64))
+            assert torch.equal(batch["inputs_embeds"][i, start:start + 64], speech[i])
+            assert batch["position_ids"][i, start].item() == len(p.prefix)
+            # the text around the slot is the rendered prompt, cut exactly at the slot
+            rendered = render_prompt(m.tokenizer, SPEECH_SLOT + ["hello world", "the quick brown fox jumps"][i], DEFAULT_INSTRUCTION)
+            assert m.tokenizer.decode(p.prefix) + SPEECH_SLOT + m.tokenizer.decode(p.suffix) == rendered
+
+
+def test_labels_cover_only_the_target_and_end_of_turn(tiny_model):
+    m = tiny_model
+    pieces = m.tokenize(["hello world", "the lazy dog"], [DEFAULT_INSTRUCTION] * 2, ["a female speaker", "a male"])
+    batch = m.assemble(torch.zeros(2, 64, m.config.n_llm_state), pieces)
+    for i, p in enumerate(pieces):
+        labelled = (batch["labels"][i] != -100).nonzero().flatten().tolist()
+        start = len(p.prefix) + 64 + len(p.suffix)
+        assert labelled == list(range(start, start + len(p.target)))
+        assert batch["labels"][i, labelled].tolist() == p.target
+        assert p.target[-1] == m.eot_id == m.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert m.tokenizer.decode(p.target[:-1]) == ["a female speaker", "a male"][i]
+    assert batch["attention_mask"][1].sum() == len(pieces[1].prefix) + 64 + len(pieces[1].suffix) + len(pieces[1].target)
+
+
+def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
+    m = tiny_model
+    short, long = chirp(1.3, 120), chirp(2.9, 220, seed=1)
+    alone_states, alone_mask = m.speech_features([short])
+    batch_states, batch_mask = m.speech_features([short, long])
+    T = alone_states.shape[2]
+    assert alone_mask.sum() == T == batch_mask[0].sum() < batch_mask[1].sum()
+    torch.testing.assert_close(batch_states[0, :, :T], alone_states[0], atol=1e-5, rtol=1e-5)
+    alone_vectors = m.adapter(alone_states, alone_mask)
+    batch_vectors = m.adapter(batch_states, batch_mask)
+    torch.testing.assert_close(batch_vectors[0], alone_vectors[0], atol=1e-5, rtol=1e-5)
+
+    pieces = m.tokenize(["hello", "the quick brown fox jumps over the lazy dog"], [DEFAULT_INSTRUCTION] * 2, ["a", "b c d"])
+    for pad_left in (False, True):
+        one = m.assemble(alone_vectors, pieces[:1], pad_left)
+        two = m.assemble(batch_vectors, pieces, pad_left)
+        logits_one = m.llm(**{k: one[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
+        logits_two = m.llm(**{k: two[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
+        real = two["attention_mask"][0].bool()
+        torch.testing.assert_close(logits_two[real], logits_one, atol=1e-4, rtol=1e-4)
+    # the loss of a clip alone equals its loss computed in a batch where it is the only one with a target
+    loss_alone = m(alone_states, alone_mask, pieces[:1])
+    pieces_b = m.tokenize(["hello", "other"], [DEFAULT_INSTRUCTION] * 2, ["a", None])
+    loss_batch = m(batch_states, batch_mask, pieces_b)
+    torch.testing.assert_close(loss_batch, loss_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_is_the_same_alone_and_batched(tiny_model):
+    m = tiny_model
+    clips = [chirp(1.0, 130), chirp(2.2, 180, seed=2)]
+    alone, _ = m.generate(clips[:1], ["Is it loud?"], transcripts=["hi"], max_new_tokens=6)
+    both, _ = m.generate(clips, ["Is it loud?", "What can you hear from the audio? Answer briefly."],
+                         transcripts=["hi", "the quick brown fox"], max_new_tokens=6)
+    assert alone[0] == both[0]
+    text_alone = m.generate_from_text([render_prompt(m.tokenizer, "a female voice", "Describe it.")], max_new_tokens=6)
+    text_both = m.generate_from_text([render_prompt(m.tokenizer, "a female voice", "Describe it."),
+                                      render_prompt(m.tokenizer, "x" * 50, "Longer prompt here")], max_new_tokens=6)
+    assert text_alone[0] == text_both[0]
+
+
+def test_only_the_adapter_gets_gradients(tiny_model):
+    m = tiny_model
+    m.train()
+    assert not m.llm.training and not m.whisper.training and m.adapter.training
+    states, mask = m.speech_features([chirp(1.0), chirp(1.5, 200)])
+    loss = m(states, mask, m.tokenize(["a", "b"], [DEFAULT_INSTRUCTION] * 2, ["male", "female"]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in list(m.whisper.named_parameters()) + list(m.llm.named_parameters()):
+        assert not p.requires_grad and p.grad is None, name
+    for name, p in m.adapter.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_adapter_save_load_round_trip(tiny_model, tiny_paths, tmp_path):
+    m = tiny_model
+    path = tmp_path / "adapter.safetensors"
+    m.save_adapter(path)
+    clips = [chirp(1.2)]
+    expected = m.adapter(*m.speech_features(clips))
+    torch.manual_seed(123)  # a different random adapter, then the saved weights on top
+    loaded = load_model(adapter_path=str(path), llm_dtype=torch.float32).eval()
+    assert loaded.config == m.config
+    torch.testing.assert_close(loaded.adapter(*loaded.speech_features(clips)), expected)
+    assert path.stat().st_size < 4 * 1.1 * sum(p.numel() for p in m.adapter.parameters())  # the adapter alone
+
+
+def test_mismatched_adapter_is_refused(tiny_model, tiny_paths, tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    tiny_model.save_adapter(path)
+    other = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1], tapped_layers=(1, 3)), llm_dtype=torch.float32)
+    with pytest.raises(ValueError, match="tapped_layers"):
+        other.load_adapter(path)
+
+
+def test_padded_mode_uses_the_whole_30s_window(tiny_paths):
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32, pad_to_30s=True)
+    states, mask = m.speech_features([chirp(1.0)])
+    assert states.shape[2] == 1500 and mask.all()
+
+
+def test_pick_token_greedy_and_top_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, -2.0]])
+    assert pick_token(logits, 0.0, 1.0).item() == 1
+    torch.manual_seed(0)
+    # top_p small enough that only the most likely token survives
+    assert {pick_token(logits, 1.0, 0.5).item() for _ in range(50)} == {1}
+    assert len({pick_token(logits, 5.0, 1.0).item() for _ in range(200)}) > 2
