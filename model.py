@@ -199,16 +199,17 @@ SPEECH_SLOT = "<|speech|>"  # stands for the speech vectors while the prompt is 
 DEFAULT_INSTRUCTION = "What can you hear from the audio?"
 
 
-def render_prompt(tokenizer, audio_text: str, instruction: str) -> str:
-    """The chat prompt up to where the assistant's reply begins, as a string.
+def chat_messages(audio_text: str, instruction: str) -> list:
+    """The conversation for one example. audio_text is what stands in the audio's place: SPEECH_SLOT + transcript
+    for the speech model, or the seed transcript for pair generation and for the text-only baselines.
+    The audio goes inside the user turn between markers (as DeSTA2.5 does), because chat templates such as
+    Qwen's do not render an extra "audio" role."""
+    return [{"role": "user", "content": f"{AUDIO_START}{audio_text}{AUDIO_END}\n{instruction}"}]
 
-    audio_text is what stands in the audio's place: SPEECH_SLOT + transcript for the speech model, or the seed
-    transcript for pair generation and for the text-only baselines. The audio goes inside the user turn between
-    markers (as DeSTA2.5 does), because chat templates such as Qwen's do not render an extra "audio" role.
-    """
-    content = f"{AUDIO_START}{audio_text}{AUDIO_END}\n{instruction}"
-    messages = [{"role": "user", "content": content}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+def render_prompt(tokenizer, audio_text: str, instruction: str) -> str:
+    """The chat prompt up to where the assistant's reply begins, as a string (the LLM's own chat template)."""
+    return tokenizer.apply_chat_template(chat_messages(audio_text, instruction), tokenize=False, add_generation_prompt=True)
 
 
 def end_of_turn_id(tokenizer) -> int:

