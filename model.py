@@ -9,6 +9,7 @@ References: Lu et al., "Developing Instruction-Following Speech Language Model W
 Instruction-Tuning Data" (DeSTA2, 2024). Dimensions follow the published model; see AdapterConfig.
 """
 import json
+import os
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -368,31 +369,8 @@ class DeSTA2(nn.Module):
         return self.decode(batch, max_new_tokens, temperature, top_p)
 
     def decode(self, batch, max_new_tokens, temperature, top_p):
-        """Token-by-token decoding with the LLM's KV cache, for a left-padded batch."""
-        stop_ids = torch.tensor(sorted({self.eot_id, self.tokenizer.eos_token_id} - {None}), device=self.llm.device)
-        attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
-        out = self.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
-                       position_ids=position_ids, use_cache=True)
-        B = attention_mask.shape[0]
-        finished = torch.zeros(B, dtype=torch.bool, device=attention_mask.device)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            next_token = pick_token(out.logits[:, -1].float(), temperature, top_p)
-            next_token = torch.where(finished, self.pad_id, next_token)
-            new_tokens.append(next_token)
-            finished |= torch.isin(next_token, stop_ids)
-            if finished.all():
-                break
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            out = self.llm(input_ids=next_token[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                           cache=out.cache, use_cache=True)
-        tokens = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(B)]
-        answers = []
-        for row in tokens:
-            ends = [i for i, t in enumerate(row) if t in stop_ids.tolist()]
-            answers.append(self.tokenizer.decode(row[: ends[0]] if ends else row, skip_special_tokens=True).strip())
-        return answers
+        """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (see llm_decode)."""
+        return llm_decode(self.llm, self.tokenizer, batch, max_new_tokens, temperature, top_p, self.eot_id, self.pad_id)[0]
 
     # --- the adapter alone is the checkpoint ---
 
@@ -438,6 +416,42 @@ def pick_token(logits, temperature, top_p):
     return order.gather(-1, choice).squeeze(-1)
 
 
+@torch.no_grad()
+def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, pad_id=None):
+    """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (inputs_embeds, attention_mask,
+    position_ids as DeSTA2.assemble makes them). Needs only the LLM and its tokenizer, so pair generation can run
+    without Whisper. Returns the answers and the number of tokens generated for each row (its end-of-turn included)."""
+    eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
+    pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id) if pad_id is None else pad_id
+    stop_ids = torch.tensor(sorted({eot_id, tokenizer.eos_token_id} - {None}), device=llm.device)
+    attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
+    # logits_to_keep=1: only the last position's logits are needed, not (B, S, vocab) of them
+    out = llm(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
+              position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    B = attention_mask.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=attention_mask.device)
+    new_tokens = []
+    for _ in range(max_new_tokens):
+        next_token = pick_token(out.logits[:, -1].float(), temperature, top_p)
+        next_token = torch.where(finished, pad_id, next_token)
+        new_tokens.append(next_token)
+        finished |= torch.isin(next_token, stop_ids)
+        if finished.all():
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+        out = llm(input_ids=next_token[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                  cache=out.cache, use_cache=True)
+    tokens = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(B)]
+    stops = set(stop_ids.tolist())
+    answers, n_tokens = [], []
+    for row in tokens:
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        n_tokens.append(len(row) if end is None else end + 1)
+    return answers, n_tokens
+
+
 # ----------------------------------------------------------------------------------------------------
 # loading
 
@@ -452,6 +466,11 @@ def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", ll
 
     if config is None:
         config = AdapterConfig(**read_adapter_config(adapter_path)) if adapter_path else AdapterConfig()
+    for name in (config.whisper, config.llm):
+        # a local path (not a hub name such as "small" or "Qwen/Qwen2.5-0.5B-Instruct") that is not there
+        if (name.startswith((".", "/", "weights")) or name.endswith(".pt")) and not os.path.exists(name):
+            raise FileNotFoundError(f"{name} not found: run `python get_weights.py` to convert the offline weights, "
+                                    "or name hub models (e.g. --whisper=small) where a hub is reachable")
     whisper_model = whisper.load_model(config.whisper, device=device)
     tokenizer = AutoTokenizer.from_pretrained(config.llm)
     llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=llm_dtype).to(device)
