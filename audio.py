@@ -4,6 +4,7 @@ One small module so prepare, train, sample and eval agree on what a clip is. Nee
 wav, flac and ogg).
 """
 import math
+import os
 
 import numpy as np
 import soundfile as sf
@@ -13,7 +14,12 @@ MAX_SECONDS = 30.0  # Whisper's window: longer clips are refused, not silently c
 
 
 class AudioError(ValueError):
-    """A clip that cannot be used; the message names the file and the problem."""
+    """A clip that cannot be used; the message names the file and the problem, reason is a short code for reports
+    (missing, empty, unreadable, too_long, non_finite)."""
+
+    def __init__(self, path, reason, detail):
+        super().__init__(f"{path}: {detail}")
+        self.reason = reason
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossings: int = 16) -> np.ndarray:
@@ -37,16 +43,22 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossing
 
 
 def load_audio(path, max_seconds: float = MAX_SECONDS) -> np.ndarray:
-    """A file as 16 kHz mono float32; raises AudioError naming the file for anything unusable."""
+    """A file as 16 kHz mono float32 in [-1, 1]; raises AudioError naming the file for anything unusable."""
+    if not os.path.isfile(path):
+        raise AudioError(path, "missing", "no such file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty", "empty file")
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for missing, empty or corrupt files
-        raise AudioError(f"{path}: cannot read audio ({e})") from None
+        seconds = sf.info(str(path)).duration  # from the header, before reading a possibly huge file
+        if seconds <= max_seconds:
+            x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt or unknown formats
+        raise AudioError(path, "unreadable", f"cannot read audio ({e})") from None
+    if seconds > max_seconds:
+        raise AudioError(path, "too_long", f"{seconds:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
     if x.size == 0:
-        raise AudioError(f"{path}: empty audio")
+        raise AudioError(path, "empty", "no samples")
     x = x.mean(axis=1)  # downmix
     if not np.isfinite(x).all():
-        raise AudioError(f"{path}: audio holds NaN or infinite samples")
-    if len(x) / sr > max_seconds:
-        raise AudioError(f"{path}: {len(x) / sr:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
-    return resample(x, sr)
+        raise AudioError(path, "non_finite", "audio holds NaN or infinite samples")
+    return np.clip(resample(x, sr), -1.0, 1.0)
