@@ -42,20 +42,31 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossing
     return out
 
 
-def load_audio(path, max_seconds: float = MAX_SECONDS) -> np.ndarray:
-    """A file as 16 kHz mono float32 in [-1, 1]; raises AudioError naming the file for anything unusable."""
+def probe_audio(path, max_seconds: float = MAX_SECONDS) -> int:
+    """A clip's length in 16 kHz samples from its header alone; raises AudioError for a missing, empty, unreadable
+    or too long file (checked before reading a possibly huge file)."""
     if not os.path.isfile(path):
         raise AudioError(path, "missing", "no such file")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty", "empty file")
     try:
-        seconds = sf.info(str(path)).duration  # from the header, before reading a possibly huge file
-        if seconds <= max_seconds:
-            x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        info = sf.info(str(path))
     except Exception as e:  # soundfile raises several types for corrupt or unknown formats
         raise AudioError(path, "unreadable", f"cannot read audio ({e})") from None
-    if seconds > max_seconds:
-        raise AudioError(path, "too_long", f"{seconds:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
+    if info.frames <= 0:
+        raise AudioError(path, "empty", "no samples")
+    if info.duration > max_seconds:
+        raise AudioError(path, "too_long", f"{info.duration:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
+    return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
+
+
+def load_audio(path, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """A file as 16 kHz mono float32 in [-1, 1]; raises AudioError naming the file for anything unusable."""
+    probe_audio(path, max_seconds)
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(path, "unreadable", f"cannot read audio ({e})") from None
     if x.size == 0:
         raise AudioError(path, "empty", "no samples")
     x = x.mean(axis=1)  # downmix

@@ -5,7 +5,7 @@ globals, then runs
     exec(open('configurator.py').read())
 
 which applies, in order, every `config/<name>.py` file named on the command line (plain Python
-assignments) and every `--key=value` override. An override must name an existing global, and its value
+assignments) and every `--key=value` override (a bare `--flag` sets a boolean to True). An override must name an existing global, and its value
 is parsed as a Python literal when possible and must keep the type of the default (so a typo or
 `--lr=abc` fails loudly instead of silently doing something else).
 """
@@ -25,6 +25,8 @@ for arg in sys.argv[1:]:
         print(f"overriding config with {arg}")
         exec(config_source)
     else:
+        if '=' not in arg and isinstance(globals().get(arg[2:]), bool):
+            arg += '=True'  # a bare --flag switches a boolean on
         if '=' not in arg:
             sys.exit(f"error: override '{arg}' must look like --key=value")
         key, val = arg[2:].split('=', 1)

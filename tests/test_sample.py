@@ -1,0 +1,95 @@
+"""sample.py as a script, on an adapter that train.py wrote (tiny random models from conftest.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT, chirp, make_tiny_llm
+
+from audio import load_audio
+from model import AdapterConfig, load_model
+from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM whose answers an adapter can change)
+
+PROMPTS = ["What can you hear from the audio?", "Is the speaker male or female?"]
+
+
+def run_sample(*args, stdin=None, expect_rc=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--device=cpu", "--max_new_tokens=8", *args], cwd=ROOT,
+                          env=env, input=stdin, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_paths, steerable_llm, tmp_path_factory):
+    """A few steps of train.py on two clips: (adapter path, clip paths)."""
+    d = tmp_path_factory.mktemp("sample")
+    (d / "clips").mkdir()
+    rows = []
+    for i in range(2):
+        sf.write(d / "clips" / f"c{i}.wav", chirp(1.0 + i, 140 + 60 * i, seed=i), 16000)
+        rows.append(dict(audio_filepath=f"clips/c{i}.wav", transcription="hello world", instruction=PROMPTS[0],
+                         target=["a female voice", "a male voice"][i]))
+    (d / "train_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    subprocess.run([sys.executable, str(ROOT / "train.py"), f"--whisper={tiny_paths[0]}", f"--llm={steerable_llm}",
+                    f"--data_dir={d}", f"--out_dir={d / 'out'}", "--device=cpu", "--dtype=float32", "--num_threads=1",
+                    "--max_iters=15", "--lr=3e-3", "--warmup_iters=0", "--eval_iters=1"],
+                   cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True, timeout=300)
+    return d / "out" / "adapter.safetensors", [d / "clips" / "c0.wav", d / "clips" / "c1.wav"]
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    """The trained adapter loaded in-process the way sample.py loads it (fp32 on CPU)."""
+    return load_model(adapter_path=str(trained[0]), llm_dtype=torch.float32).eval()
+
+
+def test_sample_reproduces_the_trained_adapters_greedy_answers(trained, loaded, tmp_path):
+    adapter, clips = trained
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
+    proc = run_sample(f"--adapter={adapter}", f"--audio={clips[0].parent}/*.wav", f"--prompt_file={tmp_path / 'prompts.txt'}")
+    audios = [load_audio(c) for c in clips]
+    transcripts = loaded.transcribe(audios)
+    # sample.py puts every (clip, prompt) pair of this small run in one batch; so does this
+    answers, _ = loaded.generate([a for a in audios for _ in PROMPTS], PROMPTS * 2, transcripts=[t for t in transcripts for _ in PROMPTS],
+                                 max_new_tokens=8)
+    expected = "".join(f"== {c}\ntranscript: {t}\n" + "".join(f"Q: {p}\nA: {answers[2 * i + j]}\n" for j, p in enumerate(PROMPTS)) + "\n"
+                       for i, (c, t) in enumerate(zip(clips, transcripts)))
+    assert proc.stdout.endswith(expected)
+    assert any(answers), "all answers are empty: the comparison would prove nothing"
+
+
+def test_interactive_and_cascade(trained, loaded):
+    adapter, clips = trained
+    audio = [load_audio(clips[1])]
+    transcript = loaded.transcribe(audio)
+    proc = run_sample(f"--adapter={adapter}", f"--audio={clips[1]}", "--interactive", stdin="\n".join(PROMPTS) + "\n")
+    answers = [loaded.generate(audio, [p], transcripts=transcript, max_new_tokens=8)[0][0] for p in PROMPTS]
+    assert proc.stdout.endswith(f"transcript: {transcript[0]}\n" + "".join(f"A: {a}\n" for a in answers)) and any(answers)
+    # no adapter: the LLM answers from the transcript alone
+    proc = run_sample("--adapter=", f"--audio={clips[1]}", f"--whisper={loaded.config.whisper}", f"--llm={loaded.config.llm}")
+    cascade = loaded.generate(audio, [PROMPTS[0]], transcripts=transcript, max_new_tokens=8, use_adapter=False)[0][0]
+    assert proc.stdout.endswith(f"A: {cascade}\n\n") and cascade
+
+
+def test_clear_errors(trained, tiny_paths, tmp_path):
+    adapter, clips = trained
+    (tmp_path / "noise.wav").write_bytes(b"not a wav file at all" * 10)
+    sf.write(tmp_path / "long.wav", np.zeros(31 * 16000, np.float32), 16000)
+    for audio, message in [(tmp_path / "nothing.wav", "no such file"), (tmp_path / "noise.wav", "cannot read audio"),
+                           (tmp_path / "long.wav", "longer than 30 s"), (f"{tmp_path}/*.flac", "no file matches")]:
+        proc = run_sample(f"--adapter={adapter}", f"--audio={audio}", expect_rc=2)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_sample(f"--adapter={tmp_path / 'none.safetensors'}", f"--audio={clips[0]}", expect_rc=2)
+    assert "no such adapter file" in proc.stderr
+    # an adapter trained for another LLM (hidden size 32, not 48) is refused, naming the dimension
+    other = load_model(AdapterConfig(whisper=tiny_paths[0], llm=make_tiny_llm(tmp_path / "llm32", hidden_size=32)),
+                       llm_dtype=torch.float32)
+    other.save_adapter(tmp_path / "other.safetensors")
+    proc = run_sample(f"--adapter={tmp_path / 'other.safetensors'}", f"--llm={tiny_paths[1]}", f"--audio={clips[0]}", expect_rc=2)
+    assert "n_llm_state=32" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

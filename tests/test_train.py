@@ -1,0 +1,188 @@
+"""train.py end to end on tiny random models (conftest.py): run as a script, as the README runs it."""
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT, chirp
+
+from model import DeSTA2
+
+INSTRUCTION = "What can you hear from the audio?"
+TARGETS = ["a female speaker with a Scottish accent", "a male voice with a low pitch", "the quick brown fox",
+           "hello world the weather is cold"]
+
+
+def write_pairs(data_dir, n_clips=4, extra_rows=True):
+    """A pairs directory like generate_pairs.py writes: clips under audio/, paths relative to the jsonl files.
+    With extra_rows, train also has two more questions about clips 0 and 1, a row whose audio is missing and a broken line."""
+    (data_dir / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_clips):
+        sf.write(data_dir / "audio" / f"c{i}.wav", chirp(1.0 + 0.4 * i, 120 + 40 * i, seed=i), 16000)
+        rows.append(dict(audio_id=f"c{i}", audio_filepath=f"audio/c{i}.wav", transcription=["hello", "the lazy dog",
+                    "what can you hear", "quick brown"][i % 4], duration=1.0 + 0.4 * i, dataset="test", attributes={},
+                         seed_transcript="(Gender: Female)", instruction=INSTRUCTION, input="", target=TARGETS[i % 4]))
+    train = list(rows)
+    lines = []
+    if extra_rows:
+        train += [{**rows[0], "instruction": "Describe the speaker.", "target": "a female voice"},
+                  {**rows[1], "instruction": "Describe the speaker.", "target": "a male voice"},
+                  {**rows[2], "audio_id": "gone", "audio_filepath": "audio/missing.wav"}]
+        lines = ["{not json"]
+    (data_dir / "train_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train) + "".join(l + "\n" for l in lines))
+    (data_dir / "val_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def steerable_llm(tiny_paths, tmp_path_factory):
+    """conftest's tiny LLM, rebuilt wider (96) and with a larger init (std 0.2 instead of 0.02). At the default init its
+    tied embeddings are so small that its logits stay within ~1 of each other whatever comes in, so no adapter could move
+    its loss far; this one can be steered, so the overfitting test measures the adapter and the training loop."""
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+
+    path = tmp_path_factory.mktemp("steerable") / "llm"
+    config = AutoConfig.from_pretrained(tiny_paths[1])
+    config.hidden_size, config.intermediate_size, config.initializer_range = 96, 192, 0.2
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_paths[1]).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+def run_train(out_dir, *args, whisper, llm, data_dir, nproc=1, expect_rc=0):
+    base = [f"--whisper={whisper}", f"--llm={llm}", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu",
+            "--dtype=float32", "--num_threads=1", "--eval_iters=1", "--log_interval=1", "--warmup_iters=2", *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(launcher + [str(ROOT / "train.py"), *base], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def train_losses(out_dir):
+    """iter -> training loss, from log.jsonl (which must hold each iteration once)."""
+    records = [json.loads(line) for line in open(out_dir / "log.jsonl")]
+    iters = [r["iter"] for r in records if not r.get("eval")]
+    assert len(iters) == len(set(iters)), f"an iteration was logged twice: {iters}"
+    return {r["iter"]: r["loss"] for r in records if not r.get("eval")}
+
+
+# the run the resume and DDP tests compare against: 2 rows per micro-batch, 4 micro-batches per step, 3 batches per
+# epoch, so steps straddle epochs and the resume point (iter 4 = micro-batch 16) falls in the middle of an epoch
+SHARED = ["--batch_size=2", "--gradient_accumulation_steps=4", "--lr=3e-3", "--lr_decay_iters=8", "--min_lr=3e-4",
+          "--eval_interval=4"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_paths, steerable_llm, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    run_train(out, *SHARED, "--max_iters=8", whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    return out
+
+
+def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_llm, data_dir, tmp_path):
+    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=30", "--lr=3e-3", "--lr_decay_iters=30", "--min_lr=3e-4",
+                     "--eval_interval=10", whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(30))
+    assert losses[29] < 0.5 * losses[0], losses  # the adapter alone steers the frozen LLM to the fixed targets
+    # the missing clip and the broken line are reported once each, then summarised; their rows are skipped
+    assert proc.stderr.count("missing.wav") == 1 and proc.stderr.count("not a pairs row") == 1
+    assert "skipped 2 of 8 rows (1 malformed, 1 with unusable audio)" in proc.stderr
+    assert "6 train rows, 2 val rows, 4 clips" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["adapter.safetensors", "ckpt.pt", "log.jsonl"]  # no temporary files left
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["iter_num"] == 30 and ckpt["config"]["llm"] == steerable_llm and ckpt["config"]["batch_size"] == 6
+    assert {"torch", "numpy", "python", "cuda"} <= set(ckpt["rng"]) and ckpt["data"]["epoch"] == 29
+    evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"eval"' in line]
+    assert [e["iter"] for e in evals] == [0, 10, 20, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
+    """Stopped at 4 and resumed to 8, the run is the uninterrupted one: the same losses and weights, bit for bit
+    (tolerance 0 on CPU fp32: same ops, same data order, the optimizer and RNG states restored)."""
+    kw = dict(whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    run_train(tmp_path, *SHARED, "--max_iters=4", **kw)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["data"] == {
+        "epoch": 5, "batch_in_epoch": 1, "seed": 1337, "batch_size": 2, "n_train_rows": 6}
+    proc = run_train(tmp_path, *SHARED, "--max_iters=8", "--init_from=resume", **kw)
+    assert "resuming from" in proc.stdout
+    assert train_losses(tmp_path) == train_losses(reference_run)
+    resumed = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    reference = torch.load(reference_run / "ckpt.pt", weights_only=False)
+    assert resumed["iter_num"] == reference["iter_num"] == 8
+    for name, tensor in reference["adapter"].items():
+        assert torch.equal(resumed["adapter"][name], tensor), name
+
+
+def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
+    """torchrun with 2 CPU processes (gloo), each running 2 of the step's 4 micro-batches, follows the 1-process run, and
+    only rank 0 writes. Not bit for bit: the gradient all-reduce adds in another order (measured: losses within 6e-6,
+    weights within 7e-6), so the tolerance is 5e-5 on both. The attention key biases are left out of the weight check:
+    softmax ignores them, so their true gradient is 0 and Adam turns the rounding noise they get into steps of +-lr."""
+    proc = run_train(tmp_path, *SHARED, "--max_iters=8", nproc=2, whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    one, two = train_losses(reference_run), train_losses(tmp_path)
+    assert sorted(two) == sorted(one) == list(range(8))
+    for it in one:
+        assert abs(one[it] - two[it]) < 5e-5, (it, one[it], two[it])
+    assert "2 process(es)" in proc.stdout
+    assert proc.stdout.count("iter 7: loss") == 1 and proc.stdout.count("overriding: max_iters") == 1
+    assert proc.stderr.count("missing.wav") == 1
+    assert sorted(os.listdir(tmp_path)) == ["adapter.safetensors", "ckpt.pt", "log.jsonl"]
+    reference = torch.load(reference_run / "ckpt.pt", weights_only=False)["adapter"]
+    for name, tensor in torch.load(tmp_path / "ckpt.pt", weights_only=False)["adapter"].items():
+        if not name.endswith("key.bias"):
+            torch.testing.assert_close(tensor, reference[name], atol=5e-5, rtol=0, msg=name)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_paths, data_dir, tmp_path, monkeypatch, capsys):
+    """In-process, with the model's loss forced to NaN on chosen training steps: a NaN step changes nothing, a good step
+    resets the count, and max_bad_steps NaNs in a row stop the run with exit code 3 and a checkpoint."""
+    real_forward, calls = DeSTA2.forward, []
+
+    def forward(self, *args):
+        loss = real_forward(self, *args)
+        if self.training:
+            calls.append(1)
+            if len(calls) != 2:  # the first step fails, the second is fine, the rest fail
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(DeSTA2, "forward", forward)
+    monkeypatch.setattr(sys, "argv", ["train.py", f"--whisper={tiny_paths[0]}", f"--llm={tiny_paths[1]}", f"--data_dir={data_dir}",
+                                      f"--out_dir={tmp_path}", "--device=cpu", "--dtype=float32", "--max_iters=20",
+                                      "--max_bad_steps=2", "--eval_interval=100", "--eval_iters=1", "--batch_size=6",
+                                      "--num_threads=1"])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.count("step skipped") == 3 and "2 non-finite losses in a row at iter 4" in err
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["iter_num"] == 4
+    assert [s["step"].item() for s in ckpt["optimizer"]["state"].values()] == [1] * len(ckpt["optimizer"]["state"])
+
+
+def test_clear_errors_for_missing_pairs_and_weights(tiny_paths, data_dir, tmp_path):
+    kw = dict(whisper=tiny_paths[0], llm=tiny_paths[1], expect_rc=2)
+    proc = run_train(tmp_path, data_dir=tmp_path / "nowhere", **kw)
+    assert "generate_pairs.py" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_train(tmp_path, data_dir=data_dir, **{**kw, "llm": "weights/no-such-llm"})
+    assert "get_weights.py" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_train(tmp_path, "--gradient_accumulation_steps=three", data_dir=data_dir, **kw)
+    assert "expects a int" in proc.stderr

@@ -1,0 +1,553 @@
+"""
+Train the DeSTA2 adapter: frozen Whisper encoder -> Q-Former adapter (the only trained part) -> frozen LLM,
+on the (clip, instruction, target) pairs written by generate_pairs.py.
+
+    python train.py config/demo_cpu.py                                  # the CPU demo
+    python train.py config/demo_cpu.py --init_from=resume --max_iters=600
+    torchrun --standalone --nproc_per_node=8 train.py config/desta2_paper.py --gradient_accumulation_steps=8
+
+The effective batch of one optimizer step is batch_size * gradient_accumulation_steps rows, whatever the number of
+processes: under torchrun each rank runs every world_size-th micro-batch of the step (so gradient_accumulation_steps must
+be a multiple of the world size), and a run on N processes follows the same numbers as a run on one.
+
+Writes into out_dir: adapter.safetensors (the adapter with the best validation loss so far, for sample.py),
+ckpt.pt (everything needed to resume exactly: adapter, optimizer, scaler, iteration, data position, RNG states, config)
+and log.jsonl (one JSON object per log line). Exit codes: 0 done, 2 bad input or config, 3 diverged.
+"""
+import contextlib
+import io
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from audio import AudioError, load_audio, probe_audio
+from model import AdapterConfig, load_model
+
+t_launch = time.time()
+
+# ----------------------------------------------------------------------------------------------------
+# default config values; override with config/<name>.py files and --key=value
+# I/O
+out_dir = 'out'  # checkpoints and log.jsonl go here
+data_dir = 'data/synth'  # holds train_pairs.jsonl and val_pairs.jsonl from generate_pairs.py
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 100  # evaluate, checkpoint, and keep the adapter if the val loss improved, every this many iters
+eval_iters = 10  # batches per split in each evaluation (always the same batches, so evaluations compare)
+log_interval = 1  # iters between log lines
+# model: the base models stay frozen; only the adapter trains
+whisper = 'weights/whisper-base.pt'  # openai-whisper name ('small') or a local checkpoint
+llm = 'weights/qwen2.5-coder-0.5b-instruct'  # hub id or local directory of an instruction-tuned LLM
+tapped_layers = ()  # Whisper encoder blocks feeding the adapter; () = evenly spaced, ending at the last one
+dropout = 0.1  # in the Q-Former while training
+max_text_tokens = 200  # the transcript and the target are each cut to this many tokens (DeSTA2: 200)
+# data
+batch_size = 4  # rows per micro-batch
+gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all processes
+bucket_batches = 50  # batches are made of rows of similar length within random chunks of this many batches
+cache_features = True  # compute each clip's Whisper features once and keep them in memory (see the memory note below)
+# AdamW over the adapter's parameters
+lr = 1e-4  # peak learning rate
+max_iters = 1000  # optimizer steps in all
+weight_decay = 0.01  # on matrices only (not biases, LayerNorms)
+beta1 = 0.9
+beta2 = 0.98
+grad_clip = 1.0  # clip the gradient norm at this value; 0 = no clipping
+# learning-rate schedule: linear warm-up then cosine decay
+decay_lr = True  # False = constant lr
+warmup_iters = 100
+lr_decay_iters = 1000  # ~= max_iters
+min_lr = 1e-5  # the floor of the cosine
+# stopping
+max_seconds_total = 0.0  # wall-clock limit of this process in seconds, start-up included; 0 = none
+max_bad_steps = 5  # stop (exit code 3) after this many non-finite losses in a row
+# system
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'bfloat16' if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else 'float16'  # or 'float32'
+compile = False  # torch.compile the adapter
+seed = 1337  # adapter init, data order and dropout
+num_threads = 0  # torch CPU threads per process; 0 = torch's default
+backend = 'auto'  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
+# ----------------------------------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple))]
+config_keys.remove('t_launch')
+rank = int(os.environ.get('RANK', 0))
+# every rank reads the same overrides; only rank 0 says so. Bad config -> exit 2.
+with contextlib.redirect_stdout(io.StringIO()) if rank > 0 else contextlib.nullcontext():
+    try:
+        exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise
+config = {k: globals()[k] for k in config_keys}  # saved in every checkpoint
+# ----------------------------------------------------------------------------------------------------
+
+
+def die(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(code)
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_base_model(name, kind):
+    """A local path that is missing is the usual first-run mistake: say how to make it. Hub names pass through."""
+    if os.path.exists(name):
+        return
+    hub_name = name in available_whisper_models() if kind == 'whisper' else not name.startswith(('weights', '.', '/', '~'))
+    if not hub_name:
+        die(f"{kind} weights not found at {name}: run `python get_weights.py` first (or pass --{kind}=<path or hub name>)")
+
+
+def available_whisper_models():
+    from whisper import available_models
+    return available_models()
+
+
+# --- checks that need nothing loaded: fail fast ---
+if init_from not in ('scratch', 'resume'):
+    die(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
+pairs_files = {split: os.path.join(data_dir, f'{split}_pairs.jsonl') for split in ('train', 'val')}
+if not os.path.isfile(pairs_files['train']):
+    die(f"{pairs_files['train']} not found: make the training pairs first with `python generate_pairs.py` "
+        f"(after `python prepare.py`), or point --data_dir at them")
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if init_from == 'resume':
+    if not os.path.isfile(ckpt_path):
+        die(f"--init_from=resume but {ckpt_path} does not exist")
+    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=False)
+    # the model and the data order are the checkpoint's; the rest (max_iters, lr, ...) may be changed on resume
+    for k in ('whisper', 'llm', 'tapped_layers', 'dropout', 'max_text_tokens', 'seed'):
+        if config[k] != checkpoint['config'][k] and rank == 0:
+            warn(f"resuming with the checkpoint's {k}={checkpoint['config'][k]!r}, not {config[k]!r}")
+        config[k] = globals()[k] = checkpoint['config'][k]
+check_base_model(whisper, 'whisper')
+check_base_model(llm, 'llm')
+
+# --- processes, device, precision ---
+ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device_type = 'cuda' if device.startswith('cuda') else device
+if ddp:
+    if backend == 'auto':
+        backend = 'nccl' if device_type == 'cuda' else 'gloo'
+    dist.init_process_group(backend=backend)
+    world_size, local_rank = dist.get_world_size(), int(os.environ['LOCAL_RANK'])
+    if device_type == 'cuda':
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+else:
+    world_size = 1
+master = rank == 0  # only rank 0 logs and writes files
+if gradient_accumulation_steps % world_size:
+    die(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the {world_size} processes "
+        f"(each runs every {world_size}th micro-batch of a step)")
+if num_threads > 0:
+    torch.set_num_threads(num_threads)
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+# the same seed on every rank: the adapter's init and the data order must agree (dropout is seeded per micro-batch)
+torch.manual_seed(seed)
+random.seed(seed)
+np.random.seed(seed)
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+# mixed precision: autocast on CUDA (bf16/fp16) and for bf16 on CPU; otherwise plain fp32 (or the LLM's own dtype)
+if (device_type == 'cuda' and dtype != 'float32') or (device_type == 'cpu' and dtype == 'bfloat16'):
+    ctx = torch.autocast(device_type=device_type, dtype=ptdtype)
+else:
+    ctx = contextlib.nullcontext()
+
+# --- the model: frozen base models, trainable adapter ---
+adapter_config = AdapterConfig(whisper=whisper, llm=llm, tapped_layers=tuple(tapped_layers), dropout=dropout)
+try:
+    raw_model = load_model(adapter_config, device=device, llm_dtype=ptdtype)
+except (OSError, ValueError) as e:
+    die(f"cannot load the base models ({whisper}, {llm}): {e} (for the offline defaults run `python get_weights.py`)")
+raw_model.train()  # dropout on in the adapter; the base models stay in eval mode
+adapter_params = list(raw_model.adapter.parameters())
+# check, do not assume, that only the adapter can learn
+trainable = {n for n, p in raw_model.named_parameters() if p.requires_grad}
+if trainable != {f'adapter.{n}' for n, _ in raw_model.adapter.named_parameters()}:
+    raise RuntimeError(f"only the adapter may train, but requires_grad is set on: {sorted(trainable)[:10]}")
+n_adapter = sum(p.numel() for p in adapter_params)
+n_llm = sum(p.numel() for p in raw_model.llm.parameters())
+L, n_queries = len(raw_model.config.tapped_layers), raw_model.config.n_queries
+if master:
+    print(f"adapter: {n_adapter / 1e6:.2f}M trainable parameters; whisper {whisper} (blocks {raw_model.config.tapped_layers}), "
+          f"llm {llm} ({n_llm / 1e6:.0f}M, frozen); device {device}, {dtype}, {world_size} process(es)")
+
+# ----------------------------------------------------------------------------------------------------
+# data: read the pairs once, check every clip once, tokenize every row once, and (cache_features) run Whisper once per clip
+
+
+def read_pairs(path):
+    """Rows of a pairs file; the audio path is relative to the file's directory. Malformed lines are reported and skipped."""
+    rows, skipped = [], 0
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                rows.append(dict(audio=os.path.join(os.path.dirname(path), r['audio_filepath']), transcript=r['transcription'],
+                                 instruction=r['instruction'], target=r['target']))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                if master:
+                    warn(f"{path}:{line_no}: skipped, not a pairs row ({type(e).__name__}: {e})")
+                skipped += 1
+    return rows, skipped
+
+
+splits = {}
+for split, path in pairs_files.items():
+    if not os.path.isfile(path):
+        if master:
+            warn(f"{path} not found: evaluating on the training split only")
+        continue
+    rows, n_malformed = read_pairs(path)
+    splits[split] = dict(rows=rows, n_read=len(rows) + n_malformed, n_malformed=n_malformed)
+clips, bad_clips = {}, {}  # path -> length in samples; path -> reason
+for s in splits.values():
+    for row in s['rows']:
+        if row['audio'] not in clips and row['audio'] not in bad_clips:
+            try:
+                clips[row['audio']] = probe_audio(row['audio'])
+            except AudioError as e:
+                bad_clips[row['audio']] = str(e)
+
+# Whisper is frozen, so each clip's tapped features are computed once. Memory: len(tapped_layers) * n_audio_state values
+# per encoder frame (50 frames per second), 2 bytes each (bf16; 4 in a float32 run): whisper-base, 3 blocks of 512 ->
+# 154 kB per second of audio (1000 clips of 5 s: 0.8 GB); whisper-small, 4 blocks of 768 -> 307 kB/s (the paper's 124k
+# clips would need ~190 GB: use cache_features=False there, which runs the encoder on every batch instead).
+features = {}  # path -> (L, T, D) on the CPU
+cache_dtype = torch.float32 if dtype == 'float32' else torch.bfloat16
+if cache_features:
+    from tqdm import tqdm
+    todo = sorted(clips, key=lambda p: clips[p])  # similar lengths together: less padding
+    with tqdm(total=len(todo), desc='whisper features', unit='clip', disable=not master, file=sys.stderr) as bar:
+        for i in range(0, len(todo), 16):
+            audios, paths = [], []
+            for path in todo[i:i + 16]:
+                try:
+                    audios.append(load_audio(path))
+                    paths.append(path)
+                except AudioError as e:  # the header was fine but the samples are not
+                    bad_clips[path] = str(e)
+            if audios:
+                with ctx:
+                    tapped, frame_mask = raw_model.speech_features(audios)
+                for j, path in enumerate(paths):
+                    features[path] = tapped[j, :, :int(frame_mask[j].sum())].to('cpu', cache_dtype).clone()
+            bar.update(len(todo[i:i + 16]))
+for path in bad_clips:
+    clips.pop(path, None)
+if master:
+    for reason in bad_clips.values():
+        print(f"skipping clip: {reason}", file=sys.stderr)
+for split, s in splits.items():
+    good = [r for r in s['rows'] if r['audio'] in clips]
+    n_skipped = s['n_read'] - len(good)
+    if master and n_skipped:
+        warn(f"{pairs_files[split]}: skipped {n_skipped} of {s['n_read']} rows "
+             f"({s['n_malformed']} malformed, {len(s['rows']) - len(good)} with unusable audio)")
+    s['rows'] = good
+    s['pieces'] = raw_model.tokenize([r['transcript'] for r in good], [r['instruction'] for r in good],
+                                     [r['target'] for r in good], max_text_tokens)
+    # sort key for bucketing: (encoder frames, text tokens)
+    s['lengths'] = [(math.ceil(clips[r['audio']] / 320), len(p.prefix) + len(p.suffix) + len(p.target))
+                    for r, p in zip(good, s['pieces'])]
+if not splits['train']['rows']:
+    die(f"no usable rows in {pairs_files['train']}")
+if 'val' in splits and not splits['val']['rows']:
+    del splits['val']
+if master:
+    n_cache = sum(f.numel() * f.element_size() for f in features.values())
+    print(f"data: {len(splits['train']['rows'])} train rows, {len(splits.get('val', {}).get('rows', []))} val rows, "
+          f"{len(clips)} clips" + (f", features cached: {n_cache / 2**20:.0f} MiB" if cache_features else ""))
+
+
+def make_batches(lengths, epoch):
+    """Row indices in batches of similar length: shuffle, sort within chunks of bucket_batches batches, shuffle the batches.
+    The order is a function of (seed, epoch) alone, so (epoch, batch index) is all a checkpoint needs to find its place."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    chunk, batches = bucket_batches * batch_size, []
+    for start in range(0, len(order), chunk):
+        rows = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def get_batch(split, idx):
+    """One micro-batch: tapped features (B, L, T, D) as float32 on the device, frame mask (B, T), text pieces."""
+    s = splits[split]
+    rows, pieces = [s['rows'][i] for i in idx], [s['pieces'][i] for i in idx]
+    if cache_features:
+        feats = [features[r['audio']] for r in rows]
+        T = max(f.shape[1] for f in feats)
+        tapped = torch.zeros(len(feats), *feats[0].shape[:1], T, feats[0].shape[2], dtype=cache_dtype)
+        frame_mask = torch.zeros(len(feats), T, dtype=torch.bool)
+        for i, f in enumerate(feats):
+            tapped[i, :, :f.shape[1]] = f
+            frame_mask[i, :f.shape[1]] = True
+    else:
+        try:
+            audios = [load_audio(r['audio']) for r in rows]
+        except AudioError as e:
+            die(f"{e} (it was readable at start-up)")
+        with ctx:
+            tapped, frame_mask = raw_model.speech_features(audios)
+    return tapped.to(device).float(), frame_mask.to(device), pieces
+
+
+# the evaluation batches are fixed, so successive evaluations measure the same thing
+eval_batches = {split: make_batches(s['lengths'], epoch=-1)[:eval_iters] for split, s in splits.items()}
+n_train_batches = len(make_batches(splits['train']['lengths'], 0))
+if master:
+    print(f"{n_train_batches} batches of up to {batch_size} per epoch; {gradient_accumulation_steps} per step "
+          f"-> {n_train_batches / gradient_accumulation_steps:.1f} steps per epoch")
+
+# ----------------------------------------------------------------------------------------------------
+# optimizer, state, resume
+
+decay = [p for p in adapter_params if p.dim() >= 2]  # weight decay on matrices (queries, layer weights, linears)
+no_decay = [p for p in adapter_params if p.dim() < 2]  # not on biases and LayerNorms
+optimizer = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                              lr=lr, betas=(beta1, beta2), fused=device_type == 'cuda')
+if {id(p) for g in optimizer.param_groups for p in g['params']} != {id(p) for p in adapter_params} \
+        or sum(len(g['params']) for g in optimizer.param_groups) != len(adapter_params):
+    raise RuntimeError("the optimizer must hold exactly the adapter's parameters")
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
+iter_num, best_val_loss, epoch, batch_in_epoch = 0, float('inf'), 0, 0
+if init_from == 'resume':
+    raw_model.adapter.load_state_dict(checkpoint['adapter'])
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    epoch, batch_in_epoch = checkpoint['data']['epoch'], checkpoint['data']['batch_in_epoch']
+    if checkpoint['data']['n_train_rows'] != len(splits['train']['rows']) or checkpoint['data']['batch_size'] != batch_size:
+        warn("the training rows or batch_size changed since the checkpoint: the data order will not continue exactly")
+    rng = checkpoint['rng']
+    torch.set_rng_state(rng['torch'])
+    np.random.set_state(rng['numpy'])
+    random.setstate(rng['python'])
+    if device_type == 'cuda' and rng.get('cuda') is not None:
+        torch.cuda.set_rng_state_all(rng['cuda'])
+    if master:
+        print(f"resuming from {ckpt_path} at iter {iter_num} (epoch {epoch}, batch {batch_in_epoch}), best val loss {best_val_loss:.4f}")
+    del checkpoint
+epoch_order = make_batches(splits['train']['lengths'], epoch)
+if compile:
+    if master:
+        print("compiling the adapter...")
+    raw_model.adapter.compile(dynamic=True)  # in place: the state_dict keys stay the same
+# DDP wraps the whole model so its forward stays model(...); only the adapter has gradients to reduce. broadcast_buffers
+# is off: the frozen buffers are identical on every rank already (they are loaded from the same files).
+model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False) if ddp else raw_model
+log_path = os.path.join(out_dir, 'log.jsonl')
+if master and init_from == 'scratch' and os.path.exists(log_path):
+    os.remove(log_path)  # a fresh run starts a fresh log; a resumed one appends
+
+
+def log(record):
+    if master:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+
+def atomic_write(path, write):
+    """Write through a temporary file in the same directory, then rename: a crash never leaves half a checkpoint."""
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.tmp-', suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint():
+    if not master:
+        return
+    checkpoint = {
+        'adapter': raw_model.adapter.state_dict(), 'adapter_config': asdict(raw_model.config),
+        'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+        'data': {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'seed': seed, 'batch_size': batch_size,
+                 'n_train_rows': len(splits['train']['rows'])},
+        'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(),
+                'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else None},
+    }
+    atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over the fixed evaluation batches of each split, dropout off; the batches are shared among the ranks."""
+    raw_model.eval()
+    out = {}
+    for split, batches in eval_batches.items():
+        total = torch.zeros(2, device=device)  # sum of batch losses, number of batches
+        for idx in batches[rank::world_size]:
+            tapped, frame_mask, pieces = get_batch(split, idx)
+            with ctx:
+                total += torch.stack([raw_model(tapped, frame_mask, pieces).float(), torch.ones((), device=device)])
+        if ddp:
+            dist.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    raw_model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warm-up to lr, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not decay_lr:
+        return lr
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def next_step_batches():
+    """The gradient_accumulation_steps micro-batches of the next optimizer step (the same list on every rank)."""
+    global epoch, batch_in_epoch, epoch_order
+    out = []
+    while len(out) < gradient_accumulation_steps:
+        if batch_in_epoch == len(epoch_order):
+            epoch, batch_in_epoch = epoch + 1, 0
+            epoch_order = make_batches(splits['train']['lengths'], epoch)
+        out.append(epoch_order[batch_in_epoch])
+        batch_in_epoch += 1
+    return out
+
+
+# Model FLOPs per step, for MFU on CUDA. The frozen LLM runs forward (2 N flops per token) and a backward that only
+# propagates activation gradients back to the speech vectors (another ~2 N: no weight gradients), so 4 * N_llm per token.
+# The adapter trains fully: 6 * N_adapter per query position (L tapped blocks * 64 queries per row). Attention scores,
+# the keys/values over the encoder frames and (without the cache) the Whisper encoder are left out: a few % at most.
+peak_flops = None
+if device_type == 'cuda':
+    name = torch.cuda.get_device_name(device)
+    peak_flops = next((f for k, f in [('H100', 989e12), ('H200', 989e12), ('A100', 312e12), ('L40', 181e12),
+                                      ('4090', 165e12), ('A10', 125e12)] if k in name), None)  # dense bf16
+
+# ----------------------------------------------------------------------------------------------------
+# the training loop
+
+evaluated_at = iter_num if init_from == 'resume' else -1  # a checkpoint is written right after an evaluation
+bad_steps, dt_avg, stop_reason = 0, None, None
+if master:
+    print(f"training from iter {iter_num} to {max_iters}")
+while True:
+    if iter_num >= max_iters and stop_reason is None:
+        stop_reason = f"max_iters={max_iters} reached"
+    if (iter_num % eval_interval == 0 or stop_reason) and iter_num != evaluated_at:
+        losses = estimate_loss()
+        evaluated_at = iter_num
+        val_loss = losses.get('val', losses['train'])
+        if master:
+            print(f"eval at iter {iter_num}: train loss {losses['train']:.4f}" +
+                  (f", val loss {losses['val']:.4f}" if 'val' in losses else ""))
+            log({'iter': iter_num, 'eval': True, **{f'{k}_loss': v for k, v in losses.items()}, 'time': time.time()})
+        if val_loss < best_val_loss:
+            best_val_loss = val_loss
+            if master:
+                atomic_write(os.path.join(out_dir, 'adapter.safetensors'), raw_model.save_adapter)
+        save_checkpoint()
+    if stop_reason:
+        break
+
+    # one optimizer step: this rank's share of the step's micro-batches, gradient sync on its last one
+    t0 = time.time()
+    lr_now = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr_now
+    step_batches = next_step_batches()
+    mine = [(j, idx) for j, idx in enumerate(step_batches) if j % world_size == rank]
+    loss_sum = torch.zeros((), device=device)
+    for k, (j, idx) in enumerate(mine):
+        # each micro-batch's dropout comes from its own seed: the same numbers on 1 or N processes, and after a resume
+        torch.manual_seed(seed * 1_000_003 + iter_num * gradient_accumulation_steps + j)
+        tapped, frame_mask, pieces = get_batch('train', idx)
+        with model.no_sync() if ddp and k < len(mine) - 1 else contextlib.nullcontext():
+            with ctx:
+                loss = model(tapped, frame_mask, pieces)
+            loss_sum += loss.detach().float()
+            scaler.scale(loss / len(mine)).backward()
+    # one collective per step: the summed loss, and rank 0's clock (so that every rank stops at the same step)
+    out_of_time = max_seconds_total > 0 and time.time() - t_launch > max_seconds_total
+    stats = torch.stack([loss_sum, torch.tensor(float(master and out_of_time), device=device)])
+    if ddp:
+        dist.all_reduce(stats)
+    step_loss, out_of_time = stats[0].item() / gradient_accumulation_steps, stats[1].item() > 0
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(adapter_params, grad_clip if grad_clip > 0 else float('inf')).item()
+    # fp16 overflow in the gradients is the scaler's business (it skips the step and lowers the scale);
+    # a non-finite loss, or a non-finite gradient without the scaler, means this step cannot be used
+    if math.isfinite(step_loss) and (scaler.is_enabled() or math.isfinite(grad_norm)):
+        scaler.step(optimizer)
+        bad_steps = 0
+    else:
+        bad_steps += 1
+        if master:
+            warn(f"iter {iter_num}: non-finite loss ({step_loss}) or gradient norm ({grad_norm}): "
+                 f"step skipped ({bad_steps} in a row, stopping at {max_bad_steps})")
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    # log: every rank knows the step's batches, so rank 0 counts rows and tokens for all of them
+    dt = time.time() - t0
+    dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
+    if master and iter_num % log_interval == 0:
+        n_rows = sum(len(idx) for idx in step_batches)
+        n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
+        n_tokens = sum(splits['train']['lengths'][i][1] + n_queries for idx in step_batches for i in idx)
+        mfu = (4 * n_llm * n_tokens + 6 * n_adapter * n_rows * L * n_queries) / dt / (peak_flops * world_size) if peak_flops else None
+        eta = (max_iters - iter_num - 1) * dt_avg
+        if max_seconds_total > 0:
+            eta = max(0.0, min(eta, max_seconds_total - (time.time() - t_launch)))
+        print(f"iter {iter_num}: loss {step_loss:.4f}, lr {lr_now:.2e}, {dt * 1000:.0f} ms, {n_rows / dt:.1f} samples/s, "
+              f"{n_target / dt:.0f} target tok/s, {n_tokens / dt:.0f} tok/s" + (f", mfu {100 * mfu:.1f}%" if mfu else "") +
+              f", epoch {epoch}, eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+        log({'iter': iter_num, 'loss': step_loss, 'lr': lr_now, 'grad_norm': grad_norm, 'ms': dt * 1000,
+             'samples_per_s': n_rows / dt, 'target_tokens_per_s': n_target / dt, 'tokens_per_s': n_tokens / dt,
+             'mfu': mfu, 'epoch': epoch, 'time': time.time()})
+    iter_num += 1
+    if bad_steps >= max_bad_steps:
+        save_checkpoint()
+        die(f"{bad_steps} non-finite losses in a row at iter {iter_num}: stopping (checkpoint in {ckpt_path}); "
+            f"try a lower lr, dtype='float32' or grad_clip", code=3)
+    if out_of_time:
+        stop_reason = f"max_seconds_total={max_seconds_total:g} reached"
+
+if master:
+    print(f"done: {stop_reason} at iter {iter_num}; best val loss {best_val_loss:.4f}; "
+          f"adapter in {os.path.join(out_dir, 'adapter.safetensors')}, resume state in {ckpt_path}")
+if ddp:
+    dist.destroy_process_group()
