@@ -370,7 +370,7 @@ class DeSTA2(nn.Module):
 
     def decode(self, batch, max_new_tokens, temperature, top_p):
         """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (see llm_decode)."""
-        return llm_decode(self.llm, self.tokenizer, batch, max_new_tokens, temperature, top_p, self.eot_id, self.pad_id)[0]
+        return llm_decode(self.llm, self.tokenizer, batch, max_new_tokens, temperature, top_p, self.eot_id)[0]
 
     # --- the adapter alone is the checkpoint ---
 
@@ -417,38 +417,41 @@ def pick_token(logits, temperature, top_p):
 
 
 @torch.no_grad()
-def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, pad_id=None):
+def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None):
     """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (inputs_embeds, attention_mask,
     position_ids as DeSTA2.assemble makes them). Needs only the LLM and its tokenizer, so pair generation can run
-    without Whisper. Returns the answers and the number of tokens generated for each row (its end-of-turn included)."""
+    without Whisper. A row leaves the batch as soon as it closes its turn, so short replies cost nothing while the
+    long ones go on. Returns the answers and the number of tokens generated for each row (its end-of-turn included)."""
     eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
-    pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id) if pad_id is None else pad_id
     stop_ids = torch.tensor(sorted({eot_id, tokenizer.eos_token_id} - {None}), device=llm.device)
     attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
     # logits_to_keep=1: only the last position's logits are needed, not (B, S, vocab) of them
     out = llm(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
               position_ids=position_ids, use_cache=True, logits_to_keep=1)
     B = attention_mask.shape[0]
-    finished = torch.zeros(B, dtype=torch.bool, device=attention_mask.device)
-    new_tokens = []
-    for _ in range(max_new_tokens):
+    rows = torch.arange(B, device=attention_mask.device)  # which of the B rows are still in the batch
+    tokens = [[] for _ in range(B)]
+    for step in range(max_new_tokens):
         next_token = pick_token(out.logits[:, -1].float(), temperature, top_p)
-        next_token = torch.where(finished, pad_id, next_token)
-        new_tokens.append(next_token)
-        finished |= torch.isin(next_token, stop_ids)
-        if finished.all():
+        for r, t in zip(rows.tolist(), next_token.tolist()):
+            tokens[r].append(t)
+        finished = torch.isin(next_token, stop_ids)
+        if finished.all() or step == max_new_tokens - 1:
             break
+        if finished.any():  # drop finished rows from the batch and its cache
+            keep = (~finished).nonzero().flatten()
+            out.cache.batch_select_indices(keep)
+            rows, next_token, attention_mask, position_ids = rows[keep], next_token[keep], attention_mask[keep], position_ids[keep]
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         position_ids = position_ids[:, -1:] + 1
         out = llm(input_ids=next_token[:, None], attention_mask=attention_mask, position_ids=position_ids,
                   cache=out.cache, use_cache=True)
-    tokens = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(B)]
     stops = set(stop_ids.tolist())
     answers, n_tokens = [], []
     for row in tokens:
         end = next((i for i, t in enumerate(row) if t in stops), None)
         answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-        n_tokens.append(len(row) if end is None else end + 1)
+        n_tokens.append(len(row))
     return answers, n_tokens
 
 

@@ -1,0 +1,376 @@
+"""
+Self-generated training pairs, the DeSTA2 way: each clip's metadata, written as a seed transcript by prepare.py,
+takes the place of [speech vectors + transcript] in the chat prompt the model is trained with; the frozen LLM answers
+the instruction ("What can you hear from the audio?") about it, and its own reply becomes the training target.
+
+    python generate_pairs.py                                   # data/synth/{train,val}.jsonl -> {split}_pairs.jsonl
+    python generate_pairs.py --data_dir=data/synth --limit=64 --max_new_tokens=64
+    python generate_pairs.py --backend=http --api_base=http://127.0.0.1:8000/v1 --concurrency=16
+
+Sharded over several processes or machines (each writes its own file, {split}_pairs.shard{i}of{n}.jsonl):
+
+    for i in 0 1 2 3; do python generate_pairs.py --shard=$i/4 & done; wait
+    python generate_pairs.py --merge_shards=4       # -> {split}_pairs.jsonl in manifest order, checked complete
+    # (a plain `cat data/synth/train_pairs.shard*of4.jsonl > data/synth/train_pairs.jsonl` also works: shards are disjoint)
+
+Resumable: output is appended and fsync'd batch by batch; a rerun skips the audio_ids already written and drops a line
+cut short by a kill, so a run killed at any moment and started again loses at most the batch in flight. Run one process
+per output file. Output rows are the manifest rows plus instruction, input (the rendered prompt), target and pair_model,
+in the order they were generated (longest prompts first), not manifest order.
+"""
+import hashlib
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from model import DEFAULT_INSTRUCTION, chat_messages, end_of_turn_id, llm_decode, render_prompt
+
+# -----------------------------------------------------------------------------
+data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
+splits = 'train,val'  # comma-separated
+llm = 'weights/qwen2.5-coder-0.5b-instruct'  # the frozen LLM (local dir or hub name); its tokenizer renders `input` in both backends
+backend = 'local'  # 'local' (transformers on this machine) or 'http' (an OpenAI-compatible server)
+api_base = 'http://127.0.0.1:8000/v1'  # http backend: the server's base URL
+api_model = ''  # http backend: model name to ask for; '' = the first one the server lists at /models
+api_key = ''  # http backend: sent as a bearer token when set
+concurrency = 8  # http backend: requests in flight
+max_retries = 5  # http backend: retries per request on connection errors and 5xx/429, with exponential backoff
+request_timeout = 600.0  # http backend: seconds per request
+instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one, by a hash of its audio_id
+batch_size = 16  # local backend: prompts per batch
+max_new_tokens = 128
+temperature = 0.0  # 0 = greedy
+top_p = 1.0
+seed = 1337
+shard = '0/1'  # i/n: only rows whose manifest line index % n == i
+merge_shards = 0  # n > 0: merge {split}_pairs.shard*of{n}.jsonl into {split}_pairs.jsonl and stop
+device = 'cpu'
+llm_dtype = 'float32'  # float32 | bfloat16 | float16 (on this CPU bf16 generated more slowly than fp32)
+limit = 0  # process only the first `limit` rows of each manifest (of this shard); 0 = all
+config_keys = [k for k, v in globals().items() if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+if __name__ == '__main__':
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+
+
+def die(message, code=1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_shard(text):
+    try:
+        i, n = (int(x) for x in text.split('/'))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        die(f"--shard must look like i/n with 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def parse_instructions(text):
+    if text.startswith('@'):
+        with open(text[1:]) as f:
+            found = [line.strip() for line in f if line.strip()]
+    else:
+        found = [s.strip() for s in text.split('|') if s.strip()]
+    if not found:
+        die(f"no instructions in {text!r}")
+    return found
+
+
+def pick_instruction(audio_id, choices):
+    """The same instruction for a row on every run and machine (Python's hash() is salted per process)."""
+    return choices[int(hashlib.sha256(str(audio_id).encode()).hexdigest(), 16) % len(choices)]
+
+
+def output_path(data_dir, split, i, n):
+    return os.path.join(data_dir, f"{split}_pairs.jsonl" if n == 1 else f"{split}_pairs.shard{i}of{n}.jsonl")
+
+
+def read_manifest(path, i=0, n=1):
+    """This shard's usable rows; a line with bad JSON, no audio_id, no seed_transcript, or a repeated audio_id is
+    reported (file:line) and skipped. Returns (rows, n_bad)."""
+    rows, seen, n_bad = [], set(), 0
+    with open(path, encoding='utf-8') as f:
+        for index, line in enumerate(f):
+            if index % n != i or not line.strip():
+                continue
+            where = f"{path}:{index + 1}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem = f"bad JSON ({e.msg})"
+            else:
+                if not isinstance(row, dict) or 'audio_id' not in row:
+                    problem = "no audio_id"
+                elif not isinstance(row.get('seed_transcript'), str) or not row['seed_transcript'].strip():
+                    problem = "no seed_transcript"
+                elif row['audio_id'] in seen:
+                    problem = f"audio_id {row['audio_id']!r} repeated"
+                else:
+                    seen.add(row['audio_id'])
+                    rows.append(row)
+                    continue
+            print(f"{where}: {problem}, skipped", file=sys.stderr)
+            n_bad += 1
+    return rows, n_bad
+
+
+def read_pairs(path):
+    """The complete, distinct rows of an output file. A line cut short by a kill (or repeated) is dropped and the file
+    rewritten without it (atomically), so appending can go on from a clean end."""
+    if not os.path.exists(path):
+        return []
+    with open(path, 'rb') as f:
+        data = f.read()
+    rows, seen, kept = [], set(), []
+    for line in data.splitlines():
+        try:
+            row = json.loads(line)
+            if row['audio_id'] in seen or 'target' not in row:
+                continue
+        except (ValueError, KeyError, TypeError):
+            continue
+        seen.add(row['audio_id'])
+        rows.append(row)
+        kept.append(line + b'\n')
+    clean = b''.join(kept)
+    if clean != data:
+        print(f"{path}: dropped {len(data.splitlines()) - len(kept)} incomplete or repeated line(s)", file=sys.stderr)
+        write_atomically(path, clean)
+    return rows
+
+
+def write_atomically(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# local backend: the tokenizer and the LLM alone (no Whisper), batched, left-padded, KV-cached (model.llm_decode)
+
+
+def load_llm(name, device, dtype_name):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype_name]
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def left_padded_batch(model, ids, pad_id):
+    """Prompts of different lengths, padded on the left so every row's next token is the last column; positions count
+    real tokens only (as DeSTA2.assemble does), so a row's reply does not depend on the rest of its batch."""
+    import torch
+
+    S = max(len(r) for r in ids)
+    input_ids = torch.tensor([[pad_id] * (S - len(r)) + r for r in ids], device=model.device)
+    attention_mask = torch.tensor([[0] * (S - len(r)) + [1] * len(r) for r in ids], device=model.device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return dict(inputs_embeds=model.get_input_embeddings()(input_ids), attention_mask=attention_mask, position_ids=position_ids)
+
+
+def local_replies(items, cfg, model, tokenizer):
+    """Yields lists of (item, reply, n_generated_tokens), one list per batch, longest prompts first: sorting by length
+    keeps the padding in each batch small (and puts the biggest batch, memory-wise, first)."""
+    eot_id = end_of_turn_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
+    ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
+    order = sorted(range(len(items)), key=lambda k: -len(ids[k]))
+    for start in range(0, len(order), cfg['batch_size']):
+        chunk = order[start:start + cfg['batch_size']]
+        batch = left_padded_batch(model, [ids[k] for k in chunk], pad_id)
+        replies, n_tokens = llm_decode(model, tokenizer, batch, cfg['max_new_tokens'], cfg['temperature'], cfg['top_p'], eot_id)
+        yield [(items[k], r, n) for k, r, n in zip(chunk, replies, n_tokens)]
+
+
+# -----------------------------------------------------------------------------
+# http backend: any OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...), standard library only
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def http_json(url, body, cfg):
+    """GET (body None) or POST a JSON body; retries connection errors, timeouts, 5xx and 429 with exponential backoff."""
+    headers = {'Content-Type': 'application/json'}
+    if cfg['api_key']:
+        headers['Authorization'] = f"Bearer {cfg['api_key']}"
+    data = None if body is None else json.dumps(body).encode()
+    for attempt in range(cfg['max_retries'] + 1):
+        try:
+            request = urllib.request.Request(url, data=data, headers=headers, method='GET' if body is None else 'POST')
+            with urllib.request.urlopen(request, timeout=cfg['request_timeout']) as response:
+                text = response.read()
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ServerError(f"{url} answered with something that is not JSON: {text[:300]!r}") from None
+        except urllib.error.HTTPError as e:
+            if e.code < 500 and e.code != 429:  # our request is wrong: retrying will not help
+                raise ServerError(f"{url} answered HTTP {e.code}: {e.read()[:500].decode(errors='replace')}") from None
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+            last = str(getattr(e, 'reason', e))
+        if attempt < cfg['max_retries']:
+            time.sleep(min(0.5 * 2 ** attempt, 30.0))
+    raise ServerError(f"cannot reach the OpenAI-compatible server at {url} ({last}, {cfg['max_retries'] + 1} tries): "
+                      f"start one that serves the LLM (vLLM, llama.cpp's llama-server, ...) or use --backend=local")
+
+
+def server_model_name(cfg):
+    """Checks that the server answers at all (one clear error naming the URL if not) and picks the model to ask for."""
+    try:
+        listed = http_json(cfg['api_base'].rstrip('/') + '/models', None, cfg)
+        names = [m['id'] for m in listed.get('data', [])]
+    except ServerError as e:
+        if str(e).startswith('cannot reach'):
+            die(str(e))
+        names = []  # it answers, but lists no models
+    if cfg['api_model']:
+        return cfg['api_model']
+    if not names:
+        die(f"the server at {cfg['api_base']} lists no models: name one with --api_model")
+    return names[0]
+
+
+def http_replies(items, cfg, model_name):
+    """Yields lists of (item, reply, n_generated_tokens) as requests complete, with `concurrency` requests in flight.
+    The server applies ITS OWN chat template to these messages: the layout matches training (render_prompt) only if it
+    serves the same model with the same template as --llm."""
+    url = cfg['api_base'].rstrip('/') + '/chat/completions'
+
+    def ask(item):
+        body = dict(model=model_name, messages=chat_messages(item['seed_transcript'], item['instruction']),
+                    max_tokens=cfg['max_new_tokens'], temperature=cfg['temperature'], top_p=cfg['top_p'], seed=cfg['seed'])
+        answer = http_json(url, body, cfg)
+        try:
+            reply = answer['choices'][0]['message']['content']
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(f"{url}: unexpected answer {json.dumps(answer)[:300]}") from None
+        return item, (reply or '').strip(), (answer.get('usage') or {}).get('completion_tokens', 0)
+
+    todo, pending = iter(items), set()
+    with ThreadPoolExecutor(cfg['concurrency']) as pool:
+        try:
+            while True:
+                for item in todo:
+                    pending.add(pool.submit(ask, item))
+                    if len(pending) >= 2 * cfg['concurrency']:
+                        break
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield [f.result() for f in done if f.exception() is None]  # keep what succeeded, then fail
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+# -----------------------------------------------------------------------------
+
+
+def merge(cfg, split, n):
+    manifest, _ = read_manifest(os.path.join(cfg['data_dir'], f"{split}.jsonl"))
+    pairs = {}
+    for i in range(n):
+        path = output_path(cfg['data_dir'], split, i, n)
+        if not os.path.exists(path):
+            die(f"{path} not found: run shard {i}/{n} first")
+        pairs.update((p['audio_id'], p) for p in read_pairs(path))
+    if cfg['limit'] == 0:
+        missing = [r['audio_id'] for r in manifest if r['audio_id'] not in pairs]
+        if missing:
+            die(f"{split}: {len(missing)} manifest rows have no pair yet (e.g. {missing[0]!r}): finish the shards first")
+    ordered = [pairs[r['audio_id']] for r in manifest if r['audio_id'] in pairs]
+    out = output_path(cfg['data_dir'], split, 0, 1)
+    write_atomically(out, b''.join(json.dumps(p, ensure_ascii=False).encode() + b'\n' for p in ordered))
+    print(f"{split}: merged {len(ordered)} pairs from {n} shards -> {out}", file=sys.stderr)
+
+
+def main(cfg):
+    from tqdm import tqdm
+
+    split_names = [s.strip() for s in cfg['splits'].split(',') if s.strip()]
+    shard_i, shard_n = parse_shard(cfg['shard'])
+    for split in split_names:
+        path = os.path.join(cfg['data_dir'], f"{split}.jsonl")
+        if not os.path.exists(path):
+            die(f"manifest {path} not found: run `python prepare.py` first (or set --data_dir / --splits)", 2)
+    if cfg['merge_shards']:
+        for split in split_names:
+            merge(cfg, split, cfg['merge_shards'])
+        return
+    if cfg['backend'] not in ('local', 'http'):
+        die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
+    choices = parse_instructions(cfg['instructions'])
+
+    from transformers import AutoTokenizer
+
+    if cfg['backend'] == 'http':
+        pair_model = server_model_name(cfg)
+    else:
+        import torch
+
+        torch.manual_seed(cfg['seed'])
+        pair_model = cfg['llm']
+        model = load_llm(cfg['llm'], cfg['device'], cfg['llm_dtype'])
+    tokenizer = AutoTokenizer.from_pretrained(cfg['llm'])  # renders `input`, the layout the model is trained with
+
+    for split in split_names:
+        rows, n_bad = read_manifest(os.path.join(cfg['data_dir'], f"{split}.jsonl"), shard_i, shard_n)
+        rows = rows[:cfg['limit']] if cfg['limit'] else rows
+        out_path = output_path(cfg['data_dir'], split, shard_i, shard_n)
+        existing = read_pairs(out_path)
+        others = {p.get('pair_model') for p in existing} - {pair_model}
+        if others:
+            die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
+        done = {p['audio_id'] for p in existing}
+        items = []
+        for row in rows:
+            if row['audio_id'] not in done:
+                instruction = pick_instruction(row['audio_id'], choices)
+                items.append({**row, 'instruction': instruction,
+                              'input': render_prompt(tokenizer, row['seed_transcript'], instruction)})
+        replies = (http_replies(items, cfg, pair_model) if cfg['backend'] == 'http'
+                   else local_replies(items, cfg, model, tokenizer))
+        t0, n_new, n_tokens = time.time(), 0, 0
+        with open(out_path, 'a', encoding='utf-8') as f, \
+                tqdm(total=len(items), desc=split, unit='row', file=sys.stderr, mininterval=1.0) as bar:
+            try:
+                for results in replies:
+                    for item, reply, n in results:
+                        f.write(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False) + '\n')
+                        n_tokens += n
+                    f.flush()
+                    os.fsync(f.fileno())  # on disk before the next batch: a kill loses at most the batch in flight
+                    n_new += len(results)
+                    elapsed = max(time.time() - t0, 1e-9)
+                    bar.update(len(results))
+                    bar.set_postfix_str(f"{n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s")
+            except ServerError as e:
+                bar.close()
+                die(f"{e} ({n_new} new pairs of {split} were saved to {out_path}; rerun to go on)")
+        elapsed = max(time.time() - t0, 1e-9)
+        print(f"{split}: {n_new} new pairs, {len(rows) - len(items)} already done, {n_bad} bad manifest rows skipped "
+              f"-> {out_path} ({elapsed:.1f} s, {n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s)", file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main(config)

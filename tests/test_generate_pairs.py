@@ -1,0 +1,320 @@
+"""Fast tests of generate_pairs.py on the tiny random LLM (conftest.py) and a fake OpenAI-compatible server."""
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import ROOT
+
+import generate_pairs as gp
+from model import DEFAULT_INSTRUCTION, chat_messages, render_prompt
+
+TWO_INSTRUCTIONS = f"{DEFAULT_INSTRUCTION}|Describe the speaker in one sentence."
+WORDS = "the quick brown fox jumps over the lazy dog hello world weather is cold today".split()
+
+
+def manifest_row(k):
+    text = " ".join(WORDS[(k + j) % len(WORDS)] for j in range(2 + k % 7))  # prompts of varied lengths
+    attributes = {"gender": ["Female", "Male"][k % 2], "accent": ["Scottish", "American"][k % 3 == 0], "pitch": "High"}
+    seed = (f'[00:00:00 - 00:00:0{k % 9 + 1}]: "{text}" (Gender: {attributes["gender"]}, Accent: {attributes["accent"]}, '
+            f'Pitch: High, Duration: {k % 9 + 1}s)')
+    return dict(audio_id=f"clip{k:04d}", audio_filepath=f"wavs/clip{k:04d}.wav", transcription=text, duration=k % 9 + 1.0,
+                dataset="synth", attributes=attributes, seed_transcript=seed)
+
+
+def write_manifest(data_dir, n, split="train"):
+    os.makedirs(data_dir, exist_ok=True)
+    rows = [manifest_row(k) for k in range(n)]
+    with open(os.path.join(data_dir, f"{split}.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
+def run(data_dir, llm_dir, **overrides):
+    gp.main({**gp.config, "data_dir": str(data_dir), "llm": llm_dir, "splits": "train", "max_new_tokens": 8,
+             "batch_size": 4, **overrides})
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def by_id(rows):
+    return {r["audio_id"]: r for r in rows}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and on a CPU shared with other jobs OpenMP's waiting
+    threads can make their small matrix products hundreds of times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_paths):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_paths[1])
+
+
+@pytest.fixture(scope="module")
+def lively_llm(tiny_paths, tmp_path_factory):
+    """The tiny LLM re-initialised with larger weights and its own output layer. The conftest one (tied embeddings,
+    init std 0.02) mostly repeats its last input token whatever came before, so 'batched equals alone' would hold even
+    with a wrong padding mask; this one's replies depend on the whole prompt."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_paths[1])
+    config.tie_word_embeddings, config.initializer_range = False, 0.2
+    torch.manual_seed(1)
+    path = str(tmp_path_factory.mktemp("lively") / "tiny-llm")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_paths[1]).save_pretrained(path)
+    return path
+
+
+def test_pairs_carry_the_manifest_and_the_training_layout(lively_llm, tokenizer, tmp_path):
+    llm_dir = lively_llm
+    rows = write_manifest(tmp_path / "batched", 10)
+    write_manifest(tmp_path / "alone", 10)
+    run(tmp_path / "batched", llm_dir, instructions=TWO_INSTRUCTIONS, batch_size=4)
+    instruction_file = tmp_path / "instructions.txt"
+    instruction_file.write_text("\n".join(TWO_INSTRUCTIONS.split("|")) + "\n\n")  # the same list, one per line
+    run(tmp_path / "alone", llm_dir, instructions=f"@{instruction_file}", batch_size=1)
+    batched = read(tmp_path / "batched" / "train_pairs.jsonl")
+    alone = by_id(read(tmp_path / "alone" / "train_pairs.jsonl"))
+    assert sorted(by_id(batched)) == sorted(alone) == [r["audio_id"] for r in rows]
+    choices = TWO_INSTRUCTIONS.split("|")
+    for pair in batched:
+        row = rows[int(pair["audio_id"][4:])]
+        assert {k: pair[k] for k in row} == row
+        assert pair["instruction"] == gp.pick_instruction(row["audio_id"], choices)
+        assert pair["input"] == render_prompt(tokenizer, row["seed_transcript"], pair["instruction"])
+        assert pair["pair_model"] == llm_dir
+        # greedy replies do not depend on the batch: left padding and positions are right
+        assert (pair["instruction"], pair["target"]) == (alone[pair["audio_id"]]["instruction"], alone[pair["audio_id"]]["target"])
+    assert {p["instruction"] for p in batched} == set(choices)
+    assert len({p["target"] for p in batched}) > len(batched) // 2  # real replies that depend on the prompt
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_rest(lively_llm):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from model import llm_decode
+
+    tokenizer = AutoTokenizer.from_pretrained(lively_llm)
+    model = AutoModelForCausalLM.from_pretrained(lively_llm, dtype=torch.float32).eval()
+    prompts = [render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION) for k in (0, 3, 5, 8)]
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+
+    def greedy_without_cache(row, n):
+        x, out = torch.tensor([row]), []
+        with torch.no_grad():
+            for _ in range(n):
+                out.append(model(x).logits[0, -1].argmax().item())
+                x = torch.cat([x, torch.tensor([[out[-1]]])], dim=1)
+        return out
+
+    # make the first row's third token a stop token, so that row leaves the batch early while the others go on
+    reference = greedy_without_cache(ids[0], 3)
+    stop = reference[2]
+    assert stop not in reference[:2]
+    batch = gp.left_padded_batch(model, ids, tokenizer.pad_token_id)
+    answers, n_tokens = llm_decode(model, tokenizer, batch, 12, eot_id=stop)
+    assert n_tokens[0] == 3 and max(n_tokens) == 12
+    assert answers[0] == tokenizer.decode(reference[:2], skip_special_tokens=True).strip()
+    for row, answer, n in zip(ids, answers, n_tokens):
+        alone = llm_decode(model, tokenizer, gp.left_padded_batch(model, [row], tokenizer.pad_token_id), 12, eot_id=stop)
+        assert alone == ([answer], [n])
+        if n == 12:  # the KV-cached loop agrees with recomputing everything
+            assert answer == tokenizer.decode(greedy_without_cache(row, 12), skip_special_tokens=True).strip()
+
+
+def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path, capsys):
+    write_manifest(tmp_path, 12)
+    run(tmp_path, tiny_paths[1])
+    out = tmp_path / "train_pairs.jsonl"
+    clean = by_id(read(out))
+    lines = out.read_text().splitlines(keepends=True)
+    # rows 2 and 5 lost, and the last line cut short as by a kill mid-write
+    out.write_text("".join(lines[:2] + lines[3:5] + lines[6:-1]) + lines[-1][: len(lines[-1]) // 2])
+    run(tmp_path, tiny_paths[1])
+    assert "dropped 1 incomplete or repeated line(s)" in capsys.readouterr().err
+    again = read(out)
+    assert len(again) == len({r["audio_id"] for r in again}) == 12
+    assert by_id(again) == clean
+    run(tmp_path, tiny_paths[1])  # nothing left to do
+    assert read(out) == again
+    assert "0 new pairs, 12 already done" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # pairs from another LLM are not mixed in
+        run(tmp_path, lively_llm)
+    assert f"holds pairs from '{tiny_paths[1]}'" in capsys.readouterr().err
+
+
+def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):
+    rows = write_manifest(tmp_path, 120)
+    out = tmp_path / "train_pairs.jsonl"
+    cmd = [sys.executable, "generate_pairs.py", f"--data_dir={tmp_path}", f"--llm={tiny_paths[1]}", "--splits=train",
+           "--batch_size=1", "--max_new_tokens=16", f"--instructions={TWO_INSTRUCTIONS}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 60
+        while not (out.exists() and out.stat().st_size > 0):  # the first batch has landed
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no output within 60 s"
+            time.sleep(0.01)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    n_first = len(out.read_bytes().splitlines())
+    assert 0 < n_first < len(rows)
+    run(tmp_path, tiny_paths[1], batch_size=16, max_new_tokens=16, instructions=TWO_INSTRUCTIONS)
+    ids = [p["audio_id"] for p in read(out)]
+    assert len(ids) == len(set(ids)) and sorted(ids) == [r["audio_id"] for r in rows]
+
+
+def test_shards_cover_every_row_once_and_merge(tiny_paths, tmp_path):
+    rows = write_manifest(tmp_path, 9)
+    run(tmp_path, tiny_paths[1], shard="0/2", max_new_tokens=4)
+    run(tmp_path, tiny_paths[1], shard="1/2", max_new_tokens=4)
+    first = read(tmp_path / "train_pairs.shard0of2.jsonl")
+    second = read(tmp_path / "train_pairs.shard1of2.jsonl")
+    assert sorted(p["audio_id"] for p in first) == [r["audio_id"] for r in rows[0::2]]
+    assert sorted(p["audio_id"] for p in second) == [r["audio_id"] for r in rows[1::2]]
+    assert not (tmp_path / "train_pairs.jsonl").exists()
+    run(tmp_path, tiny_paths[1], merge_shards=2)
+    merged = read(tmp_path / "train_pairs.jsonl")
+    assert [p["audio_id"] for p in merged] == [r["audio_id"] for r in rows]  # manifest order
+    assert by_id(merged) == by_id(first + second)
+
+
+def test_bad_manifest_rows_are_reported_and_skipped(tiny_paths, tmp_path, capsys):
+    good = [manifest_row(k) for k in range(3)]
+    path = tmp_path / "train.jsonl"
+    no_seed = {**manifest_row(7)}
+    del no_seed["seed_transcript"]
+    path.write_text(json.dumps(good[0]) + "\n" + '{"audio_id": "x", "seed_transcript": \n' + json.dumps(good[1]) + "\n"
+                    + json.dumps(no_seed) + "\n" + json.dumps(good[2]) + "\n" + json.dumps(good[2]) + "\n")
+    run(tmp_path, tiny_paths[1], max_new_tokens=4)
+    err = capsys.readouterr().err
+    assert f"{path}:2: bad JSON" in err
+    assert f"{path}:4: no seed_transcript" in err
+    assert f"{path}:6: audio_id 'clip0002' repeated" in err
+    assert "3 new pairs, 0 already done, 3 bad manifest rows skipped" in err
+    assert [p["audio_id"] for p in read(tmp_path / "train_pairs.jsonl")] != []
+    assert sorted(p["audio_id"] for p in read(tmp_path / "train_pairs.jsonl")) == [r["audio_id"] for r in good]
+
+
+def test_missing_manifest_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path / "nowhere", "unused")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(tmp_path / "nowhere" / "train.jsonl") in err and "python prepare.py" in err
+
+
+# -----------------------------------------------------------------------------
+# the http backend, against a fake OpenAI-compatible server on 127.0.0.1
+
+
+def fake_reply(messages):
+    return "heard " + hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.fixture
+def fake_server():
+    state = dict(bodies=[], failures_left=1, failures_served=0)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_json(self, code, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/v1/models":
+                self.send_json(200, {"object": "list", "data": [{"id": "fake-llm", "object": "model"}]})
+            else:
+                self.send_json(404, {"error": "not found"})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/v1/chat/completions":
+                return self.send_json(404, {"error": "not found"})
+            if state["failures_left"] > 0:  # one server error, to exercise the retry
+                state["failures_left"] -= 1
+                state["failures_served"] += 1
+                return self.send_json(500, {"error": "overloaded"})
+            state["bodies"].append(body)
+            self.send_json(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": fake_reply(body["messages"])}}],
+                                 "usage": {"completion_tokens": 5}})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_backend_sends_the_chat_layout_and_retries(tiny_paths, tokenizer, tmp_path, fake_server):
+    api_base, state = fake_server
+    rows = write_manifest(tmp_path, 7)
+    run(tmp_path, tiny_paths[1], backend="http", api_base=api_base, concurrency=3, max_retries=2, max_new_tokens=50,
+        temperature=0.6, top_p=0.9, instructions=TWO_INSTRUCTIONS)
+    assert state["failures_served"] == 1 and len(state["bodies"]) == len(rows)  # the failed request was retried
+    pairs = by_id(read(tmp_path / "train_pairs.jsonl"))
+    assert sorted(pairs) == [r["audio_id"] for r in rows]
+    choices = TWO_INSTRUCTIONS.split("|")
+    expected_messages = []
+    for row in rows:
+        pair = pairs[row["audio_id"]]
+        messages = chat_messages(row["seed_transcript"], gp.pick_instruction(row["audio_id"], choices))
+        expected_messages.append(messages)
+        assert pair["target"] == fake_reply(messages)
+        assert pair["input"] == render_prompt(tokenizer, row["seed_transcript"], pair["instruction"])
+        assert pair["pair_model"] == "fake-llm"
+    assert sorted(map(json.dumps, (b["messages"] for b in state["bodies"]))) == sorted(map(json.dumps, expected_messages))
+    for body in state["bodies"]:
+        assert (body["model"], body["max_tokens"], body["temperature"], body["top_p"]) == ("fake-llm", 50, 0.6, 0.9)
+
+
+def test_unreachable_server_names_the_url(tiny_paths, tmp_path, capsys):
+    write_manifest(tmp_path, 2)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api_base = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, tiny_paths[1], backend="http", api_base=api_base, max_retries=1)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the OpenAI-compatible server" in err and api_base in err
+    assert not (tmp_path / "train_pairs.jsonl").exists()
