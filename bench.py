@@ -1,0 +1,359 @@
+"""
+Our way of training and answering vs the published DeSTA2 way, measured side by side in one run: the same process,
+models, clips and steps, so the ratios compare like with like.
+
+    python bench.py                                 # exits 1 if a ratio target is missed, 2 on an error
+    python bench.py --n_clips=8 --skip_inference --memory=False
+
+ours:       train.py's step (Whisper features computed once per clip and cached, length-sorted batches, encoder on the
+            real length) and sample.py's answer (model.generate: trimmed encoder, Whisper transcript, batched).
+published:  pad_to_30s=True (all 1500 encoder frames), the encoder recomputed inside every training step, batches in a
+            fixed random order, answers one clip at a time.
+Both train the adapter the same way (adapter + LLM forward, backward, AdamW) and answer greedily with the same
+max_new_tokens; replies can differ in length, so generated tokens per second are reported too.
+
+Peak memory: a high-water mark never goes down, so each (phase, way) runs in a fresh `python bench.py --phase=...` on
+the same clips (training: the feature cache for ours, warmup + 1 step; inference: the single clip and the whole batch)
+and reports its own peak: the process's RSS high-water mark (VmHWM, which unlike ru_maxrss does not inherit the parent's
+peak across exec; weights and imports included, the peak after loading is printed too), or
+torch.cuda.max_memory_allocated on CUDA.
+"""
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from audio import SAMPLE_RATE, load_audio
+from model import DEFAULT_INSTRUCTION, AdapterConfig, load_model
+
+# -----------------------------------------------------------------------------
+whisper = 'weights/whisper-base.pt'
+llm = 'weights/qwen2.5-coder-0.5b-instruct'
+adapter = ''  # a trained adapter (realistic reply lengths); '' = a fresh random one
+device = 'auto'  # 'auto' = cuda, then cpu
+dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (bf16 on CUDA, fp32 on CPU) for answers
+n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
+batch_size = 4  # training rows per step
+n_train_steps = 3  # timed training steps per way
+warmup = 1  # untimed steps / calls per way before timing
+max_new_tokens = 32  # greedy, both ways
+skip_training = False
+skip_inference = False
+memory = True  # peak memory per (phase, way) in subprocesses; False = skip (n/a)
+peak_flops = 989e12  # for MFU on CUDA: H100 dense bf16
+num_threads = 0  # torch CPU threads; 0 = torch's default
+enforce = True  # exit 1 when a ratio target is missed
+target_train, target_single, target_batch = 2.0, 3.0, 6.0
+seed = 1337
+phase = ''  # internal: 'train_ours', 'train_published', 'infer_ours' or 'infer_published' (one memory measurement)
+clip_dir = ''  # internal: the clips the main run made
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+
+SENTENCES = [
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather will be cold and windy tomorrow morning.",
+    "Could you tell me the way to the nearest train station, please?",
+    "We had a wonderful time at the seaside last summer.",
+    "Turn off the lights before you leave the office tonight.",
+    "The results of the experiment were surprising to everyone in the lab.",
+    "I never said she stole my money.",
+    "My brother plays the guitar in a small band on weekends.",
+    "The children walked slowly along the river after school.",
+    "She opened the window and looked at the quiet street below.",
+    "It takes about twenty minutes to drive from here to the airport.",
+    "The old library downtown will close for repairs next month.",
+    "Remember to water the plants while I am away.",
+    "He finished his coffee and hurried to catch the early bus.",
+    "A strong wind blew the leaves across the empty park.",
+    "They are planning a big dinner for their parents' anniversary.",
+]
+
+
+def make_clips(n, folder):
+    """n clips as 16-kHz wavs in folder, plus texts.json: espeak-ng speech if it is installed, else harmonic signals."""
+    texts, rng = {}, np.random.default_rng(seed)
+    for i in range(n):
+        name, text = f"clip{i:02d}.wav", SENTENCES[i % len(SENTENCES)]
+        path = os.path.join(folder, name)
+        try:
+            subprocess.run(['espeak-ng', '-v', 'en-us', '-s', str(150 + 10 * (i % 3)), '-w', path + '.22k', text],
+                           check=True, capture_output=True, timeout=60)
+            x = load_audio(path + '.22k')
+            os.remove(path + '.22k')
+        except (OSError, subprocess.SubprocessError):
+            t = np.arange(int((3.0 + 3.0 * i / max(n - 1, 1)) * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.1 * sum(np.sin(2 * np.pi * (110 + 10 * i) * k * t * (1 + 0.05 * t)) / k for k in range(1, 6))
+            x = (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+            text = "(a harmonic test tone)"
+        sf.write(path, x, SAMPLE_RATE, subtype='FLOAT')
+        texts[name] = text
+    with open(os.path.join(folder, 'texts.json'), 'w') as f:
+        json.dump(texts, f)
+
+
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+device_type = 'cuda' if device.startswith('cuda') else device
+if dtype not in ('auto', 'float32', 'bfloat16'):
+    sys.exit(f"error: dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
+bf16_ok = device_type != 'cuda' or torch.cuda.is_bf16_supported()
+train_dtype = dtype if dtype != 'auto' else 'bfloat16' if bf16_ok else 'float32'
+infer_dtype = dtype if dtype != 'auto' else 'bfloat16' if device_type == 'cuda' and bf16_ok else 'float32'
+# train.py's precision: autocast on CUDA and for bf16 on CPU; the cache keeps bf16 unless the run is float32
+use_autocast = train_dtype != 'float32' and device_type in ('cuda', 'cpu')
+train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()  # noqa: E731
+cache_dtype = torch.float32 if train_dtype == 'float32' else torch.bfloat16
+if num_threads > 0:
+    torch.set_num_threads(num_threads)
+for name in (whisper, llm, adapter):
+    if name and not os.path.exists(name) and name.startswith(('weights', '.', '/', '~')):
+        sys.exit(f"error: {name} not found (run `python get_weights.py`, or pass --whisper=... --llm=...)")
+
+tmp = None
+if not clip_dir:
+    tmp = tempfile.TemporaryDirectory(prefix='bench-clips-')
+    clip_dir = tmp.name
+    make_clips(n_clips, clip_dir)
+texts = json.load(open(os.path.join(clip_dir, 'texts.json')))
+names = sorted(texts)
+audios = [load_audio(os.path.join(clip_dir, n)) for n in names]
+single_clip = min(range(len(audios)), key=lambda i: abs(len(audios[i]) / SAMPLE_RATE - 5.0))  # the one nearest 5 s
+
+
+def clock():
+    if device_type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def load(llm_dtype):
+    torch.manual_seed(seed)
+    return load_model(AdapterConfig(whisper=whisper, llm=llm), adapter_path=adapter or None, device=device,
+                      llm_dtype=getattr(torch, llm_dtype))
+
+
+def watch_frames(model, seen):
+    """Record the encoder frames per clip that reach the adapter (its input's T), in every call."""
+    return model.adapter.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+
+
+def train_way(model, way, n_steps):
+    """Timed training steps the given way: dict(rows, tokens, seconds, flops, frames, cache_s)."""
+    model.pad_to_30s = way == 'published'
+    model.adapter.load_state_dict(init_adapter)  # both ways start from the same adapter
+    model.train()
+    params = list(model.adapter.parameters())
+    optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.01},
+                                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                                  lr=1e-4, betas=(0.9, 0.98), fused=device_type == 'cuda')
+    g = torch.Generator().manual_seed(seed)
+    n_text = [len(p.prefix) + len(p.suffix) + len(p.target) for p in pieces]
+    cache, cache_s = {}, None
+    if way == 'ours':  # train.py: Whisper once per clip, shortest first, 16 at a time; then batches of similar length
+        t0, todo = clock(), sorted(range(len(audios)), key=lambda i: len(audios[i]))
+        for k in range(0, len(todo), 16):
+            with train_ctx():
+                tapped, frame_mask = model.speech_features([audios[i] for i in todo[k:k + 16]])
+            for j, i in enumerate(todo[k:k + 16]):
+                cache[i] = tapped[j, :, :int(frame_mask[j].sum())].to('cpu', cache_dtype).clone()
+        cache_s = clock() - t0
+        order = sorted(range(len(audios)), key=lambda i: (cache[i].shape[1], n_text[i]))
+        batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+        batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
+    else:  # unsorted rows, in a fixed random order
+        order = torch.randperm(len(audios), generator=g).tolist()
+        batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+
+    def step(idx):
+        if way == 'ours':
+            feats = [cache[i] for i in idx]
+            T = max(f.shape[1] for f in feats)
+            tapped = torch.zeros(len(feats), feats[0].shape[0], T, feats[0].shape[2], dtype=cache_dtype)
+            frame_mask = torch.zeros(len(feats), T, dtype=torch.bool)
+            for j, f in enumerate(feats):
+                tapped[j, :, :f.shape[1]], frame_mask[j, :f.shape[1]] = f, True
+        else:
+            with train_ctx():
+                tapped, frame_mask = model.speech_features([audios[i] for i in idx])
+        with train_ctx():
+            loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for k in range(warmup):
+        step(batches[(n_steps + k) % len(batches)])
+    frames, rows, tokens = [], 0, 0
+    hook = watch_frames(model, frames)
+    t0 = clock()
+    for k in range(n_steps):
+        step(batches[k % len(batches)])
+    seconds = clock() - t0
+    hook.remove()
+    for k in range(n_steps):
+        rows += len(batches[k % len(batches)])
+        tokens += sum(n_text[i] + model.config.n_queries for i in batches[k % len(batches)])
+    flops = 4 * n_llm * tokens + 6 * n_adapter * rows * len(model.config.tapped_layers) * model.config.n_queries
+    return dict(rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
+
+
+def infer_way(model, way, batch_too=True):
+    """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
+    model.pad_to_30s = way == 'published'
+    model.eval()
+    generated, frames = [0], []
+
+    def count(module, args, kwargs, output):  # every LLM call picks one new token per row it holds
+        x = kwargs.get('input_ids') if kwargs.get('input_ids') is not None else kwargs['inputs_embeds']
+        generated[0] += x.shape[0]
+
+    def run(ids, bs):
+        t0, n0 = clock(), generated[0]
+        for k in range(0, len(ids), bs):
+            chunk = ids[k:k + bs]
+            model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens)
+        return clock() - t0, generated[0] - n0
+
+    hooks = [model.llm.register_forward_hook(count, with_kwargs=True), watch_frames(model, frames)]
+    for _ in range(warmup):
+        run([single_clip], 1)
+    del frames[:]
+    out = dict(single=run([single_clip], 1))
+    if batch_too:
+        out['batch'] = run(list(range(len(audios))), len(audios) if way == 'ours' else 1)
+    for h in hooks:
+        h.remove()
+    out['frames'] = frames
+    return out
+
+
+def peak_mib():
+    if device_type == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2**20
+    # Linux keeps ru_maxrss across execve, so a child of the (big) main run would start at the parent's peak: read this
+    # process's own high-water mark (VmHWM) instead; elsewhere ru_maxrss (bytes on macOS)
+    with contextlib.suppress(OSError):
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 2**10
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
+
+
+# --- one memory measurement in this fresh process: print it and stop ---
+if phase:
+    what, way = phase.split('_')
+    model = load(train_dtype if what == 'train' else infer_dtype)
+    pieces = model.tokenize([texts[n] for n in names], [DEFAULT_INSTRUCTION] * len(names),
+                            [f'The speaker says "{texts[n]}" in a calm, clear voice.' for n in names])
+    n_llm, n_adapter = (sum(p.numel() for p in m.parameters()) for m in (model.llm, model.adapter))
+    init_adapter = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+    loaded = peak_mib()
+    train_way(model, way, 1) if what == 'train' else infer_way(model, way)
+    print('BENCH_PHASE ' + json.dumps(dict(phase=phase, loaded_mib=loaded, peak_mib=peak_mib())), flush=True)
+    sys.exit(0)
+
+# --- the main run: both ways side by side ---
+print(f"{whisper} + {llm} on {device} ({torch.get_num_threads()} threads), train {train_dtype}, answers {infer_dtype}; "
+      f"{len(audios)} clips of {min(map(len, audios)) / SAMPLE_RATE:.1f}-{max(map(len, audios)) / SAMPLE_RATE:.1f} s "
+      f"({'espeak-ng' if not texts[names[0]].startswith('(') else 'harmonic signals'}), single clip "
+      f"{len(audios[single_clip]) / SAMPLE_RATE:.1f} s; adapter {adapter or 'random'}", flush=True)
+model = load(train_dtype if not skip_training else infer_dtype)
+pieces = model.tokenize([texts[n] for n in names], [DEFAULT_INSTRUCTION] * len(names),
+                        [f'The speaker says "{texts[n]}" in a calm, clear voice.' for n in names])
+n_llm, n_adapter = (sum(p.numel() for p in m.parameters()) for m in (model.llm, model.adapter))
+init_adapter = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+ways = ('ours', 'published')
+train, infer, mem = {}, {}, {}
+if not skip_training:
+    for way in ways:
+        train[way] = train_way(model, way, n_train_steps)
+    model.adapter.load_state_dict(init_adapter)
+if not skip_inference:
+    model.llm.to(getattr(torch, infer_dtype))  # exact when widening bf16 -> fp32
+    for way in ways:
+        infer[way] = infer_way(model, way)
+if memory:
+    for what, done in (('train', train), ('infer', infer)):
+        for way in ways if done else ():
+            cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f'--phase={what}_{way}', f'--clip_dir={clip_dir}']
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith('BENCH_PHASE ')), None)
+            if proc.returncode or line is None:
+                sys.exit(f"error: the memory run {what}_{way} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            mem[what, way] = json.loads(line[len('BENCH_PHASE '):])
+if tmp:
+    tmp.cleanup()
+
+# --- the table ---
+rows = []  # (metric, ours, published, ratio = how many times better ours is, target)
+
+
+def add(metric, ours, published, ratio, target=None):
+    rows.append((metric, ours, published, ratio, target))
+
+
+if train:
+    o, p = train['ours'], train['published']
+    add('train clips/s', o['rows'] / o['seconds'], p['rows'] / p['seconds'],
+        (o['rows'] / o['seconds']) / (p['rows'] / p['seconds']), target_train)
+    add('train tokens/s', o['tokens'] / o['seconds'], p['tokens'] / p['seconds'],
+        (o['tokens'] / o['seconds']) / (p['tokens'] / p['seconds']), target_train)
+if infer:
+    (os_, ot), (ps, pt) = infer['ours']['single'], infer['published']['single']
+    add('infer single clip s', os_, ps, ps / os_, target_single)
+    add('infer single tok/s', ot / os_, pt / ps, (ot / os_) / (pt / ps))
+    (ob, obt), (pb, pbt) = infer['ours']['batch'], infer['published']['batch']
+    n = len(audios)
+    add(f'infer batch{n} clips/s', n / ob, n / pb, pb / ob, target_batch)
+    add(f'infer batch{n} tok/s', obt / ob, pbt / pb, (obt / ob) / (pbt / pb))
+unit = 'CUDA MiB' if device_type == 'cuda' else 'RSS MiB'
+for what, done in (('train', train), ('infer', infer)):
+    if done:
+        o, p = (mem[what, w]['peak_mib'] if memory else math.nan for w in ways)
+        add(f'peak {unit} {what}', o, p, p / o)
+
+fmt = lambda v: 'n/a' if v is None or math.isnan(v) else f'{v:.4g}'  # noqa: E731
+print(f"\n| {'metric':<24} | {'ours':>10} | {'published':>10} | {'ratio':>8} | {'target':>7} | ok  |")
+print(f"|{'-' * 26}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 9}|-----|")
+missed = []
+for metric, o, p, ratio, target in rows:
+    ok = '' if target is None else 'yes' if ratio >= target else 'no'
+    if ok == 'no':
+        missed.append(metric)
+    print(f"| {metric:<24} | {fmt(o):>10} | {fmt(p):>10} | {fmt(ratio) + ('' if math.isnan(ratio) else 'x'):>8} | "
+          f"{'' if target is None else f'>={target:g}x':>7} | {ok:<3} |")
+print()
+if train:
+    o, p = train['ours'], train['published']
+    print(f"train: {n_train_steps} steps of {batch_size} each way; one-time Whisper feature cache (ours, not in the steps): "
+          f"{o['cache_s']:.2f} s for {len(audios)} clips; with the cache rebuilt every epoch ours would do "
+          f"{1 / (o['seconds'] / o['rows'] + o['cache_s'] / len(audios)):.3g} clips/s")
+    if device_type == 'cuda':
+        print(f"train MFU ({train_dtype}, peak {peak_flops / 1e12:g} TFLOPS): ours {100 * o['flops'] / o['seconds'] / peak_flops:.1f}%, "
+              f"published {100 * p['flops'] / p['seconds'] / peak_flops:.1f}%")
+    else:
+        print("train MFU: n/a (CPU)")
+for what, res in (('train', train), ('infer', infer)):
+    if res:
+        print(f"{what}: frames per clip into the adapter: ours {min(res['ours']['frames'])}-{max(res['ours']['frames'])}, "
+              f"published {min(res['published']['frames'])}-{max(res['published']['frames'])}")
+if memory:
+    print("peak memory: each (phase, way) in a fresh process; model loaded: " +
+          ", ".join(f"{w}_{way} {m['loaded_mib']:.0f} MiB" for (w, way), m in mem.items()))
+print('BENCH_RESULT ' + json.dumps({'rows': [dict(metric=r[0], ours=r[1], published=r[2], ratio=r[3], target=r[4]) for r in rows],
+                                    'missed': missed}))
+if missed:
+    print(f"missed targets: {', '.join(missed)}")
+sys.exit(1 if missed and enforce else 0)
