@@ -12,26 +12,32 @@ is parsed as a Python literal when possible and must keep the type of the defaul
 import sys
 from ast import literal_eval
 
+
+def _fail(message):  # a bad command line is bad input: one line on stderr, exit code 2
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 for arg in sys.argv[1:]:
     if not arg.startswith('--'):
         # a config file: plain assignments executed into this script's globals
         if not arg.endswith('.py'):
-            sys.exit(f"error: '{arg}' is neither a config file (config/<name>.py) nor a --key=value override")
+            _fail(f"'{arg}' is neither a config file (config/<name>.py) nor a --key=value override")
         try:
             with open(arg) as f:
                 config_source = f.read()
         except OSError as e:
-            sys.exit(f"error: cannot read config file {arg}: {e.strerror}")
+            _fail(f"cannot read config file {arg}: {e.strerror}")
         print(f"overriding config with {arg}")
         exec(config_source)
     else:
         if '=' not in arg and isinstance(globals().get(arg[2:]), bool):
             arg += '=True'  # a bare --flag switches a boolean on
         if '=' not in arg:
-            sys.exit(f"error: override '{arg}' must look like --key=value")
+            _fail(f"override '{arg}' must look like --key=value")
         key, val = arg[2:].split('=', 1)
         if key not in globals():
-            sys.exit(f"error: unknown config key '{key}' (from '{arg}')")
+            _fail(f"unknown config key '{key}' (from '{arg}')")
         try:
             attempt = literal_eval(val)  # numbers, booleans, lists, quoted strings
         except (SyntaxError, ValueError):
@@ -43,6 +49,6 @@ for arg in sys.argv[1:]:
             elif isinstance(default, str):
                 attempt = val  # --out_dir=123 is still a path
             else:
-                sys.exit(f"error: --{key} expects a {type(default).__name__} like {default!r}, got {val!r}")
+                _fail(f"--{key} expects a {type(default).__name__} like {default!r}, got {val!r}")
         print(f"overriding: {key} = {attempt!r}")
         globals()[key] = attempt

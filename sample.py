@@ -36,13 +36,7 @@ top_p = 1.0  # nucleus sampling when temperature > 0
 batch_size = 8  # (clip, prompt) pairs per generate call
 seed = 1337
 # -----------------------------------------------------------------------------
-try:
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-except SystemExit as e:
-    if isinstance(e.code, str):
-        print(e.code, file=sys.stderr)
-        sys.exit(2)
-    raise
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
 

@@ -83,13 +83,7 @@ config_keys.remove('t_launch')
 rank = int(os.environ.get('RANK', 0))
 # every rank reads the same overrides; only rank 0 says so. Bad config -> exit 2.
 with contextlib.redirect_stdout(io.StringIO()) if rank > 0 else contextlib.nullcontext():
-    try:
-        exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            sys.exit(2)
-        raise
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}  # saved in every checkpoint
 # ----------------------------------------------------------------------------------------------------
 
