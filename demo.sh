@@ -23,8 +23,8 @@ step "train: the Q-Former adapter -> $OUT/adapter.safetensors"
 python3 train.py config/demo_cpu.py --data_dir=$DATA --out_dir=$OUT
 
 step "eval: trained vs untrained adapter vs cascade vs text-with-metadata vs chance -> $EVAL/report.md"
-python3 eval.py --data_dir=$DATA --adapter=$OUT/adapter.safetensors --out_dir=$EVAL --limit=24 --if_limit=16 \
-  --batch_size=24
+python3 eval.py --data_dir=$DATA --adapter=$OUT/adapter.safetensors --out_dir=$EVAL --limit=16 --if_limit=12 \
+  --batch_size=32
 
 step "sample: one held-out clip"
 CLIP=$(python3 -c "import json; r = json.loads(open('$DATA/test.jsonl').readline()); print('$DATA/' + r['audio_filepath']); print(r['seed_transcript'])")
