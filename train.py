@@ -99,20 +99,6 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def check_base_model(name, kind):
-    """A local path that is missing is the usual first-run mistake: say how to make it. Hub names pass through."""
-    if os.path.exists(name):
-        return
-    hub_name = name in available_whisper_models() if kind == 'whisper' else not name.startswith(('weights', '.', '/', '~'))
-    if not hub_name:
-        die(f"{kind} weights not found at {name}: run `python get_weights.py` first (or pass --{kind}=<path or hub name>)")
-
-
-def available_whisper_models():
-    from whisper import available_models
-    return available_models()
-
-
 # --- checks that need nothing loaded: fail fast ---
 if init_from not in ('scratch', 'resume'):
     die(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
@@ -132,8 +118,6 @@ if init_from == 'resume':
         if config[k] != checkpoint['config'][k] and rank == 0:
             warn(f"resuming with the checkpoint's {k}={checkpoint['config'][k]!r}, not {config[k]!r}")
         config[k] = globals()[k] = checkpoint['config'][k]
-check_base_model(whisper, 'whisper')
-check_base_model(llm, 'llm')
 
 # --- processes, device, precision ---
 ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
