@@ -34,14 +34,14 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, load_model
+from model import DEFAULT_INSTRUCTION, AdapterConfig, generation_dtype, load_model
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
 llm = 'weights/qwen2.5-coder-0.5b-instruct'
 adapter = ''  # a trained adapter (realistic reply lengths); '' = a fresh random one
 device = 'auto'  # 'auto' = cuda, then cpu
-dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (bf16 on CUDA, fp32 on CPU) for answers
+dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (model.generation_dtype) for answers
 n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
 batch_size = 4  # training rows per step
 n_train_steps = 3  # timed training steps per way
@@ -109,7 +109,7 @@ if dtype not in ('auto', 'float32', 'bfloat16'):
     sys.exit(f"error: dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
 bf16_ok = device_type != 'cuda' or torch.cuda.is_bf16_supported()
 train_dtype = dtype if dtype != 'auto' else 'bfloat16' if bf16_ok else 'float32'
-infer_dtype = dtype if dtype != 'auto' else 'bfloat16' if device_type == 'cuda' and bf16_ok else 'float32'
+infer_dtype = dtype if dtype != 'auto' else generation_dtype(device)
 # train.py's precision: autocast on CUDA and for bf16 on CPU; the cache keeps bf16 unless the run is float32
 use_autocast = train_dtype != 'float32' and device_type in ('cuda', 'cpu')
 train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()  # noqa: E731
@@ -226,7 +226,7 @@ def infer_way(model, way, batch_too=True):
             model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens)
         return clock() - t0, generated[0] - n0
 
-    hooks = [model.llm.register_forward_hook(count, with_kwargs=True), watch_frames(model, frames)]
+    hooks = [model.llm.get_decoder().register_forward_hook(count, with_kwargs=True), watch_frames(model, frames)]
     for _ in range(warmup):
         run([single_clip], 1)
     del frames[:]

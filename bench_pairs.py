@@ -24,7 +24,7 @@ llm = 'weights/qwen2.5-coder-0.5b-instruct'
 n_prompts = 32  # prompts generated in one batch
 n_single = 8  # of them, generated one at a time
 max_new_tokens = 64
-llm_dtype = 'float32'
+llm_dtype = 'auto'  # generate_pairs' default: bf16 on CPUs with bf16 instructions, else fp32
 device = 'cpu'
 min_speedup = 6.0
 seed = 1337
@@ -64,7 +64,8 @@ def timed(items, cfg, model, tokenizer):
     def after(module, args, kwargs, output):
         spent['prefill' if kwargs.get('inputs_embeds') is not None else 'decode'] += time.perf_counter() - start.pop()
 
-    hooks = [model.register_forward_pre_hook(before, with_kwargs=True), model.register_forward_hook(after, with_kwargs=True)]
+    decoder = model.get_decoder()  # llm_decode runs the decoder, then the LM head on the last position
+    hooks = [decoder.register_forward_pre_hook(before, with_kwargs=True), decoder.register_forward_hook(after, with_kwargs=True)]
     t0, replies, n_tokens = time.time(), {}, 0
     for results in gp.local_replies(items, cfg, model, tokenizer):
         for item, reply, n in results:
@@ -87,7 +88,7 @@ items = [{'audio_id': f"bench{k:02d}", 'seed_transcript': s, 'instruction': DEFA
 by_length = sorted(items, key=lambda item: len(tokenizer(item['input']).input_ids))
 single = [by_length[round(k * (n_prompts - 1) / max(n_single - 1, 1))] for k in range(n_single)]
 cfg = dict(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
-print(f"{llm} ({llm_dtype}, {device}, {torch.get_num_threads()} threads): {n_prompts} prompts of "
+print(f"{llm} ({model.dtype}, {device}, {torch.get_num_threads()} threads): {n_prompts} prompts of "
       f"{len(tokenizer(by_length[0]['input']).input_ids)}-{len(tokenizer(by_length[-1]['input']).input_ids)} tokens, "
       f"greedy, max_new_tokens={max_new_tokens}")
 

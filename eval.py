@@ -54,7 +54,7 @@ long_new_tokens = 96  # transcription, instruction-following and open-ended answ
 batch_size = 16
 seed = 1337  # instruction wording, which instances a limit keeps, matching negatives, the untrained adapter
 device = 'cpu'
-dtype = 'float32'  # the LLM's dtype: float32 generates fastest on CPU; bfloat16 on a GPU
+dtype = 'auto'  # the LLM's: 'auto' = bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (model.generation_dtype)
 dynamic_superb_dir = ''  # real Dynamic-SUPERB instances: <dir>/<Task>/*.jsonl or *.parquet (parquet needs pyarrow)
 judge = ''  # '' = off, 'local' = the loaded LLM, or an OpenAI-compatible API base such as http://localhost:8000/v1
 judge_model = ''  # the model name sent to that API (key from $OPENAI_API_KEY when set)
@@ -597,6 +597,8 @@ def main(argv=None):
     unknown = [s for s in system_names if s not in ALL_SYSTEMS]
     if unknown:
         fail(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        fail(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     split_path = os.path.join(data_dir, f"{split}.jsonl")
     if not os.path.exists(split_path) and not dynamic_superb_dir:
         fail(f"{split_path} not found: run python prepare.py first (or point --data_dir at prepared data)")
@@ -628,14 +630,15 @@ def main(argv=None):
         fail(f"no instances to evaluate in {split_path}{' or ' + dynamic_superb_dir if dynamic_superb_dir else ''}")
 
     # the base models, and a fingerprint per system so a changed adapter or model never reuses stale answers
-    from model import AdapterConfig, read_adapter_config
+    from model import AdapterConfig, generation_dtype, read_adapter_config
+    llm_dtype = generation_dtype(device) if dtype == 'auto' else dtype
     cfg = read_adapter_config(adapter) if os.path.exists(adapter) else asdict(AdapterConfig())
     cfg.update({k: v for k, v in (('whisper', whisper), ('llm', llm)) if v})
     if whisper and 'trained' not in system_names:  # another Whisper: tap its own default blocks
         cfg['tapped_layers'] = ()
-    base_fp = [cfg['whisper'], cfg['llm'], dtype]
+    base_fp = [cfg['whisper'], cfg['llm'], llm_dtype]
     fingerprints = {'trained': base_fp + [hashlib.sha256(open(adapter, 'rb').read()).hexdigest() if 'trained' in system_names else ''],
-                    'untrained': base_fp + [f"init{seed}"], 'cascade': base_fp, 'text_seed': [cfg['llm'], dtype]}
+                    'untrained': base_fp + [f"init{seed}"], 'cascade': base_fp, 'text_seed': [cfg['llm'], llm_dtype]}
     loaded = {}
 
     def get_model():
@@ -643,7 +646,7 @@ def main(argv=None):
             import torch
             from model import SpeechAdapter, load_model
             print(f"loading {cfg['whisper']} + {cfg['llm']}", file=sys.stderr)
-            m = load_model(AdapterConfig(**cfg), adapter if 'trained' in system_names else None, device, getattr(torch, dtype))
+            m = load_model(AdapterConfig(**cfg), adapter if 'trained' in system_names else None, device, getattr(torch, llm_dtype))
             m.eval()
             torch.manual_seed(seed)
             loaded['untrained'] = SpeechAdapter(m.config).to(device).eval().state_dict()

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from model import DEFAULT_INSTRUCTION, chat_messages, end_of_turn_id, llm_decode, render_prompt
+from model import DEFAULT_INSTRUCTION, chat_messages, end_of_turn_id, generation_dtype, llm_decode, render_prompt
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
@@ -50,7 +50,7 @@ seed = 1337
 shard = '0/1'  # i/n: only rows whose manifest line index % n == i
 merge_shards = 0  # n > 0: merge {split}_pairs.shard*of{n}.jsonl into {split}_pairs.jsonl and stop
 device = 'cpu'
-llm_dtype = 'float32'  # float32 | bfloat16 | float16 (on this CPU bf16 generated more slowly than fp32)
+llm_dtype = 'auto'  # auto | float32 | bfloat16 | float16; auto = bf16 on CUDA and on CPUs with bf16 instructions (model.generation_dtype)
 limit = 0  # process only the first `limit` rows of each manifest (of this shard); 0 = all
 config_keys = [k for k, v in globals().items() if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 if __name__ == '__main__':
@@ -164,6 +164,7 @@ def load_llm(name, device, dtype_name):
     import torch
     from transformers import AutoModelForCausalLM
 
+    dtype_name = generation_dtype(device) if dtype_name == 'auto' else dtype_name
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype_name]
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
@@ -319,6 +320,8 @@ def main(cfg):
         return
     if cfg['backend'] not in ('local', 'http'):
         die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
+    if cfg['llm_dtype'] not in ('auto', 'float32', 'bfloat16', 'float16'):
+        die(f"--llm_dtype must be auto, float32, bfloat16 or float16, got {cfg['llm_dtype']!r}")
     choices = parse_instructions(cfg['instructions'])
 
     from transformers import AutoTokenizer

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from audio import AudioError, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, load_model, read_adapter_config
+from model import DEFAULT_INSTRUCTION, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
 # -----------------------------------------------------------------------------
 audio = ''  # a clip, comma-separated clips, or a glob such as 'clips/*.wav' (quote it)
@@ -29,7 +29,7 @@ adapter = 'out/adapter.safetensors'  # the trained adapter (used if present); ''
 whisper = ''  # base models; '' = the ones the adapter was trained with (without an adapter: the offline defaults)
 llm = ''
 device = 'auto'  # 'auto' = cuda, then mps, then cpu
-dtype = 'auto'  # the LLM's: 'auto' = bfloat16 on CUDA, float32 elsewhere (faster than bf16 for generation on CPU)
+dtype = 'auto'  # the LLM's: 'auto' = bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (model.generation_dtype)
 max_new_tokens = 128
 temperature = 0.0  # 0 = greedy
 top_p = 1.0  # nucleus sampling when temperature > 0
@@ -93,7 +93,9 @@ for kind, name in (('whisper', config.whisper), ('llm', config.llm)):
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 if dtype == 'auto':
-    dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
+    dtype = generation_dtype(device)
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
 torch.manual_seed(seed)
 try:
     model = load_model(config, adapter_path=adapter or None, device=device, llm_dtype=getattr(torch, dtype))
