@@ -7,8 +7,11 @@ models, clips and steps, so the ratios compare like with like.
 
 ours:       train.py's step (Whisper features computed once per clip and cached, length-sorted batches, encoder on the
             real length) and sample.py's answer (model.generate: trimmed encoder, Whisper transcript, batched).
+            It reuses the KV cache of the prompt start that every row shares (training and answering), and training
+            puts only the target positions through the LM head.
 published:  pad_to_30s=True (all 1500 encoder frames), the encoder recomputed inside every training step, batches in a
-            fixed random order, answers one clip at a time.
+            fixed random order, a causal-LM forward with labels (logits at every position), the whole prompt run
+            through the LLM in every row, answers one clip at a time.
 Both train the adapter the same way (adapter + LLM forward, backward, AdamW) and answer greedily with the same
 max_new_tokens; replies can differ in length, so generated tokens per second are reported too.
 
@@ -151,6 +154,7 @@ def watch_frames(model, seen):
 def train_way(model, way, n_steps):
     """Timed training steps the given way: dict(rows, tokens, seconds, flops, frames, cache_s)."""
     model.pad_to_30s = way == 'published'
+    model.reuse_prompt_start = way == 'ours'
     model.adapter.load_state_dict(init_adapter)  # both ways start from the same adapter
     model.train()
     params = list(model.adapter.parameters())
@@ -187,7 +191,12 @@ def train_way(model, way, n_steps):
             with train_ctx():
                 tapped, frame_mask = model.speech_features([audios[i] for i in idx])
         with train_ctx():
-            loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx])
+            if way == 'ours':
+                loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx])
+            else:  # a causal-LM forward with labels: (B, S, vocab) logits over every position, as the published code does
+                batch = model.assemble(model.adapter(tapped, frame_mask), [pieces[i] for i in idx])
+                loss = model.llm(inputs_embeds=batch['inputs_embeds'], attention_mask=batch['attention_mask'],
+                                 position_ids=batch['position_ids'], labels=batch['labels']).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -212,6 +221,7 @@ def train_way(model, way, n_steps):
 def infer_way(model, way, batch_too=True):
     """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
     model.pad_to_30s = way == 'published'
+    model.reuse_prompt_start = way == 'ours'
     model.eval()
     generated, frames = [0], []
 

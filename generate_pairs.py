@@ -28,7 +28,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from model import DEFAULT_INSTRUCTION, chat_messages, end_of_turn_id, generation_dtype, llm_decode, render_prompt
+from model import (DEFAULT_INSTRUCTION, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
+                   mask_and_positions, pad_rows, render_prompt, shared_start, start_cache)
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
@@ -171,15 +172,12 @@ def load_llm(name, device, dtype_name):
     return model
 
 
-def left_padded_batch(model, ids, pad_id):
+def left_padded_batch(model, rows, pad_id, n_start=0):
     """Prompts of different lengths, padded on the left so every row's next token is the last column; positions count
-    real tokens only (as DeSTA2.assemble does), so a row's reply does not depend on the rest of its batch."""
-    import torch
-
-    S = max(len(r) for r in ids)
-    input_ids = torch.tensor([[pad_id] * (S - len(r)) + r for r in ids], device=model.device)
-    attention_mask = torch.tensor([[0] * (S - len(r)) + [1] * len(r) for r in ids], device=model.device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    real tokens only (as DeSTA2.assemble does), so a row's reply does not depend on the rest of its batch. n_start:
+    the tokens cut from the front of every row because they come from a KV cache (see local_replies)."""
+    input_ids = pad_rows(rows, pad_id, pad_left=True).to(model.device)
+    attention_mask, position_ids = (t.to(model.device) for t in mask_and_positions(rows, True, n_start))
     return dict(inputs_embeds=model.get_input_embeddings()(input_ids), attention_mask=attention_mask, position_ids=position_ids)
 
 
@@ -190,9 +188,14 @@ def local_replies(items, cfg, model, tokenizer):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
     ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
     order = sorted(range(len(items)), key=lambda k: -len(ids[k]))
+    # every prompt starts the same way (system turn, user header, '<audio>[00:00:0'): about 40 of ~115 tokens that
+    # the frozen LLM encodes once here, not once per row
+    n_start = shared_start(ids) if ids else 0
+    cache = start_cache(model, ids[0][:n_start]) if n_start else None
     for start in range(0, len(order), cfg['batch_size']):
         chunk = order[start:start + cfg['batch_size']]
-        batch = left_padded_batch(model, [ids[k] for k in chunk], pad_id)
+        batch = left_padded_batch(model, [ids[k][n_start:] for k in chunk], pad_id, n_start)
+        batch['cache'] = cache_for_batch(cache, len(chunk)) if n_start else None
         replies, n_tokens = llm_decode(model, tokenizer, batch, cfg['max_new_tokens'], cfg['temperature'], cfg['top_p'], eot_id)
         yield [(items[k], r, n) for k, r, n in zip(chunk, replies, n_tokens)]
 
@@ -344,6 +347,10 @@ def main(cfg):
         others = {p.get('pair_model') for p in existing} - {pair_model}
         if others:
             die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
+        stale = {p.get('instruction') for p in existing} - set(choices)
+        if stale:
+            die(f"{out_path} holds pairs for the instruction {stale.pop()!r}, not in --instructions: "
+                "move it away, use another --data_dir, or pass the instructions it was made with")
         done = {p['audio_id'] for p in existing}
         items = []
         for row in rows:

@@ -8,9 +8,10 @@ The DeSTA2 speech language model in one file.
 References: Lu et al., "Developing Instruction-Following Speech Language Model Without Speech
 Instruction-Tuning Data" (DeSTA2, 2024). Dimensions follow the published model; see AdapterConfig.
 """
+import copy
 import json
-import os
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -257,6 +258,8 @@ class DeSTA2(nn.Module):
         self.whisper, self.llm, self.tokenizer = whisper_model, llm, tokenizer
         self.adapter = SpeechAdapter(config)
         self.pad_to_30s = pad_to_30s
+        self.reuse_prompt_start = True  # False: recompute the shared prompt start in every row (the published way)
+        self._start = None  # (key, batch-1 KV cache) of the shared prompt start, see prompt_start
         self.eot_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
         # only the adapter trains: the base models are frozen and stay in eval mode (no dropout) for good
@@ -304,33 +307,47 @@ class DeSTA2(nn.Module):
     def assemble(self, speech_vectors, pieces, pad_left=False):
         """Lay out a batch for the LLM: prefix, speech vectors (None for text-only prompts), suffix, target.
 
-        Returns inputs_embeds (B, S, H), attention_mask (B, S), position_ids (B, S), labels (B, S).
+        Returns inputs_embeds (B, S, H), attention_mask (B, n + S), position_ids (B, S), labels (B, S), speech_mask
+        (B, S) and cache: the KV cache of the first n prompt tokens, the same in every row (prompt_start), which are
+        therefore left out of the other tensors (n = 0 and cache None when nothing is shared or reuse is off).
         Padding goes right for training and left for generation (so every row's next token is the last column);
         positions count real tokens only, so a row's numbers do not depend on the other rows.
         Labels are -100 everywhere but the target tokens and the closing end-of-turn.
         """
+        n_start, cache = self.prompt_start(pieces)
         n_speech = 0 if speech_vectors is None else speech_vectors.shape[1]
         rows, labels, speech_rows = [], [], []
         for p in pieces:
-            rows.append(p.prefix + [self.pad_id] * n_speech + p.suffix + p.target)
-            labels.append([-100] * (len(p.prefix) + n_speech + len(p.suffix)) + p.target)
-            speech_rows.append([False] * len(p.prefix) + [True] * n_speech + [False] * (len(p.suffix) + len(p.target)))
-        S = max(len(r) for r in rows)
-
-        def pad(seqs, value):
-            return torch.tensor([[value] * (S - len(s)) + s if pad_left else s + [value] * (S - len(s)) for s in seqs])
-
+            prefix = p.prefix[n_start:]
+            rows.append(prefix + [self.pad_id] * n_speech + p.suffix + p.target)
+            labels.append([-100] * (len(prefix) + n_speech + len(p.suffix)) + p.target)
+            speech_rows.append([False] * len(prefix) + [True] * n_speech + [False] * (len(p.suffix) + len(p.target)))
         device = self.llm.device
-        input_ids = pad(rows, self.pad_id).to(device)
-        attention_mask = pad([[1] * len(r) for r in rows], 0).to(device)
-        speech_mask = pad(speech_rows, False).to(device)
+        input_ids = pad_rows(rows, self.pad_id, pad_left).to(device)
+        attention_mask, position_ids = (t.to(device) for t in mask_and_positions(rows, pad_left, n_start))
+        speech_mask = pad_rows(speech_rows, False, pad_left).to(device)
         embeds = self.llm.get_input_embeddings()(input_ids)
         if n_speech:
             # the speech vectors take the slot's places, in order; masked_scatter keeps their gradient
             embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                    labels=pad(labels, -100).to(device), speech_mask=speech_mask)
+                    labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, cache=cache)
+
+    def prompt_start(self, pieces):
+        """(n, KV cache for the batch) of the first n prompt tokens that every row shares (the system turn, the user
+        header, the audio-start marker: about 30 tokens for Qwen). The LLM is frozen, so their keys and values are the
+        same for every clip at every step: they are computed once (batch 1) and copied per batch instead of recomputed
+        per row. (0, None) when the rows share nothing or reuse_prompt_start is off (the published way)."""
+        n = min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
+        if not self.reuse_prompt_start or n == 0:
+            return 0, None
+        device_type = self.llm.device.type
+        # the cached keys must come out of the same arithmetic as the rest of the step (weights, device, autocast)
+        key = (tuple(pieces[0].prefix[:n]), self.llm.dtype, self.llm.device,
+               torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
+        if self._start is None or self._start[0] != key:
+            self._start = (key, start_cache(self.llm, pieces[0].prefix[:n]))
+        return n, cache_for_batch(self._start[1], len(pieces))
 
     # --- training ---
 
@@ -339,7 +356,7 @@ class DeSTA2(nn.Module):
         speech_vectors = self.adapter(tapped_states, frame_mask)
         batch = self.assemble(speech_vectors, pieces)
         hidden = self.llm.get_decoder()(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
-                                        position_ids=batch["position_ids"]).last_hidden_state
+                                        position_ids=batch["position_ids"], cache=batch["cache"]).last_hidden_state
         # the hidden state at position t predicts the token at t+1; only the target positions go through the LM head
         # (see llm_head): the same loss as over the full (B, S, vocab) logits with ignore_index, at a fraction of the cost
         labels = batch["labels"][:, 1:]
@@ -419,6 +436,38 @@ def pick_token(logits, temperature, top_p):
     return order.gather(-1, choice).squeeze(-1)
 
 
+def pad_rows(rows, value, pad_left):
+    """Lists of different lengths -> one (B, S) tensor, padded on the left or the right with value."""
+    S = max(len(r) for r in rows)
+    return torch.tensor([[value] * (S - len(r)) + r if pad_left else r + [value] * (S - len(r)) for r in rows])
+
+
+def mask_and_positions(rows, pad_left, n_start=0):
+    """attention_mask (B, n_start + S) and position_ids (B, S) for padded rows that follow n_start shared tokens held
+    in a KV cache: the mask covers those too, and positions count real tokens only, going on after them."""
+    real = pad_rows([[1] * len(r) for r in rows], 0, pad_left)
+    attention_mask = torch.cat([torch.ones(len(rows), n_start, dtype=real.dtype), real], dim=1)
+    return attention_mask, n_start + (real.cumsum(-1) - 1).clamp(min=0)
+
+
+def shared_start(rows) -> int:
+    """How many leading tokens all rows share, leaving each row at least one token of its own."""
+    return min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
+
+
+@torch.no_grad()
+def start_cache(llm, ids):
+    """The frozen LLM's KV cache (batch 1) for a prompt start shared by many rows."""
+    return llm.get_decoder()(input_ids=torch.tensor([ids], device=llm.device), use_cache=True).cache
+
+
+def cache_for_batch(cache, batch_size):
+    """A copy of a batch-1 cache for batch_size rows (the decoder appends to the cache it is given)."""
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+
 def llm_head(llm, hidden):
     """Logits for an (N, hidden) matrix of the positions that need them.
 
@@ -434,14 +483,15 @@ def llm_head(llm, hidden):
 @torch.no_grad()
 def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None):
     """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (inputs_embeds, attention_mask,
-    position_ids as DeSTA2.assemble makes them). Needs only the LLM and its tokenizer, so pair generation can run
+    position_ids and optionally the cache of a shared prompt start, as DeSTA2.assemble makes them). Needs only the LLM and its tokenizer, so pair generation can run
     without Whisper. A row leaves the batch as soon as it closes its turn, so short replies cost nothing while the
     long ones go on. Returns the answers and the number of tokens generated for each row (its end-of-turn included)."""
     eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
     stop_ids = torch.tensor(sorted({eot_id, tokenizer.eos_token_id} - {None}), device=llm.device)
     attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
     decoder = llm.get_decoder()
-    out = decoder(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    out = decoder(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask, position_ids=position_ids,
+                  cache=batch.get("cache"), use_cache=True)
     B = attention_mask.shape[0]
     rows = torch.arange(B, device=attention_mask.device)  # which of the B rows are still in the batch
     tokens = [[] for _ in range(B)]

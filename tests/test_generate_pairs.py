@@ -143,6 +143,14 @@ def test_finished_rows_leave_the_batch_without_changing_the_rest(lively_llm):
         assert alone == ([answer], [n])
         if n == 12:  # the KV-cached loop agrees with recomputing everything
             assert answer == tokenizer.decode(greedy_without_cache(row, 12), skip_special_tokens=True).strip()
+    # local_replies encodes the prompts' shared start once and reuses its cache: the same replies
+    items = [{'input': p} for p in prompts]
+    cfg = dict(batch_size=3, max_new_tokens=12, temperature=0.0, top_p=1.0)
+    full = {k: llm_decode(model, tokenizer, gp.left_padded_batch(model, [row], tokenizer.pad_token_id), 12)[0][0]
+            for k, row in enumerate(ids)}
+    reused = [(item['input'], reply) for results in gp.local_replies(items, cfg, model, tokenizer) for item, reply, _ in results]
+    assert len(reused) == 4 and all(reply == full[prompts.index(p)] for p, reply in reused)
+    assert gp.shared_start(ids) > 3
 
 
 def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path, capsys):
@@ -164,6 +172,9 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
     with pytest.raises(SystemExit):  # pairs from another LLM are not mixed in
         run(tmp_path, lively_llm)
     assert f"holds pairs from '{tiny_paths[1]}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor pairs made for an instruction no longer asked
+        run(tmp_path, tiny_paths[1], instructions="Describe the speaker's voice.")
+    assert "holds pairs for the instruction 'What can you hear from the audio?'" in capsys.readouterr().err
 
 
 def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):

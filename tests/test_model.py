@@ -34,8 +34,9 @@ def test_default_tapped_layers(n_layer, expected):
     assert default_tapped_layers(n_layer) == expected
 
 
-def test_speech_vectors_land_in_the_audio_slot(tiny_model):
+def test_speech_vectors_land_in_the_audio_slot(tiny_model, monkeypatch):
     m = tiny_model
+    monkeypatch.setattr(m, "reuse_prompt_start", False)  # the whole layout in one tensor
     pieces = m.tokenize(["hello world", "the quick brown fox jumps"], [DEFAULT_INSTRUCTION] * 2, ["a female", "a male voice"])
     speech = torch.randn(2, 64, m.config.n_llm_state)
     for pad_left in (False, True):
@@ -53,8 +54,9 @@ def test_speech_vectors_land_in_the_audio_slot(tiny_model):
             assert m.tokenizer.decode(p.prefix) + SPEECH_SLOT + m.tokenizer.decode(p.suffix) == rendered
 
 
-def test_labels_cover_only_the_target_and_end_of_turn(tiny_model):
+def test_labels_cover_only_the_target_and_end_of_turn(tiny_model, monkeypatch):
     m = tiny_model
+    monkeypatch.setattr(m, "reuse_prompt_start", False)
     pieces = m.tokenize(["hello world", "the lazy dog"], [DEFAULT_INSTRUCTION] * 2, ["a female speaker", "a male"])
     batch = m.assemble(torch.zeros(2, 64, m.config.n_llm_state), pieces)
     for i, p in enumerate(pieces):
@@ -83,9 +85,9 @@ def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
     for pad_left in (False, True):
         one = m.assemble(alone_vectors, pieces[:1], pad_left)
         two = m.assemble(batch_vectors, pieces, pad_left)
-        logits_one = m.llm(**{k: one[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
-        logits_two = m.llm(**{k: two[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
-        real = two["attention_mask"][0].bool()
+        logits_one = m.llm(**{k: one[k] for k in ("inputs_embeds", "attention_mask", "position_ids", "cache")}).logits[0]
+        logits_two = m.llm(**{k: two[k] for k in ("inputs_embeds", "attention_mask", "position_ids", "cache")}).logits[0]
+        real = two["attention_mask"][0, -logits_two.shape[0]:].bool()  # the columns after the shared prompt start
         torch.testing.assert_close(logits_two[real], logits_one, atol=1e-4, rtol=1e-4)
     # the loss of a clip alone equals its loss computed in a batch where it is the only one with a target
     loss_alone = m(alone_states, alone_mask, pieces[:1])
@@ -105,6 +107,43 @@ def test_greedy_generation_is_the_same_alone_and_batched(tiny_model):
     text_both = m.generate_from_text([render_prompt(m.tokenizer, "a female voice", "Describe it."),
                                       render_prompt(m.tokenizer, "x" * 50, "Longer prompt here")], max_new_tokens=6)
     assert text_alone[0] == text_both[0]
+
+
+def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_model):
+    m = tiny_model
+    states, mask = m.speech_features([chirp(1.0), chirp(1.7, 200, seed=3)])
+    pieces = m.tokenize(["hello", "the quick brown fox"], [DEFAULT_INSTRUCTION, "Is it loud?"], ["a male", "a quiet female voice"])
+    n_start = len(pieces[0].prefix)
+    assert n_start > 3 and pieces[1].prefix == pieces[0].prefix  # the chat header and the audio-start marker
+    results = {}
+    for reuse in (True, False):
+        m.reuse_prompt_start = reuse
+        try:
+            m.train()
+            m.adapter.zero_grad()
+            torch.manual_seed(0)  # the same dropout both times
+            loss = m(states, mask, pieces)
+            loss.backward()
+            grads = [p.grad.clone() for p in m.adapter.parameters()]
+            m.eval()
+            batch = m.assemble(m.adapter(states, mask), pieces, pad_left=True)
+            answers, _ = m.generate([chirp(1.0), chirp(1.7, 200, seed=3)], ["Is it loud?", "Who speaks?"],
+                                    transcripts=["hello", "fox"], max_new_tokens=8)
+        finally:
+            m.reuse_prompt_start = True
+        results[reuse] = (loss.detach(), grads, batch, answers)
+    (loss_r, grads_r, batch_r, answers_r), (loss_f, grads_f, batch_f, answers_f) = results[True], results[False]
+    assert batch_r["cache"] is not None and batch_f["cache"] is None
+    assert batch_f["inputs_embeds"].shape[1] - batch_r["inputs_embeds"].shape[1] == n_start
+    assert batch_r["attention_mask"].shape == batch_f["attention_mask"].shape
+    for i in range(2):  # the real tokens after the start keep their positions (the padding sits elsewhere)
+        reused = batch_r["position_ids"][i][batch_r["attention_mask"][i, n_start:].bool()]
+        whole = batch_f["position_ids"][i][batch_f["attention_mask"][i].bool()]
+        assert reused.tolist() == whole[n_start:].tolist()
+    torch.testing.assert_close(loss_r, loss_f, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_r, grads_f):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert answers_r == answers_f
 
 
 def test_only_the_adapter_gets_gradients(tiny_model):

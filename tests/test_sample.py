@@ -19,8 +19,9 @@ PROMPTS = ["What can you hear from the audio?", "Is the speaker male or female?"
 
 def run_sample(*args, stdin=None, expect_rc=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--device=cpu", "--max_new_tokens=8", *args], cwd=ROOT,
-                          env=env, input=stdin, capture_output=True, text=True, timeout=300)
+    # float32: the answers are compared with an in-process float32 model (the default would be bf16 on a bf16 CPU)
+    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--device=cpu", "--dtype=float32", "--max_new_tokens=8",
+                           *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
