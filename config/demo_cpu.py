@@ -10,16 +10,16 @@ tapped_layers = ()  # base has 6 blocks: taps 1, 3, 5
 
 batch_size = 4
 gradient_accumulation_steps = 1
-max_iters = 200
+max_iters = 280  # ~2.9 s per step: 14 min, inside max_seconds_total
 lr = 1e-3  # a small adapter and a short run: 10x the paper's rate
 warmup_iters = 20
-lr_decay_iters = 200
+lr_decay_iters = 280
 min_lr = 1e-4
 weight_decay = 0.01
 beta1, beta2 = 0.9, 0.98
 grad_clip = 1.0
 
-eval_interval = 50
+eval_interval = 70
 eval_iters = 4
 log_interval = 1
 max_seconds_total = 900.0  # 15 minutes at most, start-up included: the run stops cleanly with a checkpoint
