@@ -338,8 +338,10 @@ class DeSTA2(nn.Module):
         header, the audio-start marker: about 30 tokens for Qwen). The LLM is frozen, so their keys and values are the
         same for every clip at every step: they are computed once (batch 1) and copied per batch instead of recomputed
         per row. (0, None) when the rows share nothing or reuse_prompt_start is off (the published way)."""
+        if not self.reuse_prompt_start:
+            return 0, None
         n = min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
-        if not self.reuse_prompt_start or n == 0:
+        if n == 0:
             return 0, None
         device_type = self.llm.device.type
         # the cached keys must come out of the same arithmetic as the rest of the step (weights, device, autocast)
