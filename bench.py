@@ -7,8 +7,8 @@ models, clips and steps, so the ratios compare like with like.
 
 ours:       train.py's step (Whisper features computed once per clip and cached, length-sorted batches, encoder on the
             real length) and sample.py's answer (model.generate: trimmed encoder, Whisper transcript, batched).
-            It reuses the KV cache of the prompt start that every row shares (training and answering), and training
-            puts only the target positions through the LM head.
+            It reuses the KV cache of the prompt start that every row shares (training and answering), training
+            puts only the target positions through the LM head, and one clip is answered with prompt-lookup decoding.
 published:  pad_to_30s=True (all 1500 encoder frames), the encoder recomputed inside every training step, batches in a
             fixed random order, a causal-LM forward with labels (logits at every position), the whole prompt run
             through the LLM in every row, answers one clip at a time.
@@ -222,29 +222,25 @@ def infer_way(model, way, batch_too=True):
     """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
     model.pad_to_30s = way == 'published'
     model.reuse_prompt_start = way == 'ours'
+    model.draft_tokens = 10 if way == 'ours' else 0  # prompt-lookup decoding at batch 1
     model.eval()
-    generated, frames = [0], []
-
-    def count(module, args, kwargs, output):  # every LLM call picks one new token per row it holds
-        x = kwargs.get('input_ids') if kwargs.get('input_ids') is not None else kwargs['inputs_embeds']
-        generated[0] += x.shape[0]
+    frames = []
 
     def run(ids, bs):
-        t0, n0 = clock(), generated[0]
+        t0, n0 = clock(), model.n_generated
         for k in range(0, len(ids), bs):
             chunk = ids[k:k + bs]
             model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens)
-        return clock() - t0, generated[0] - n0
+        return clock() - t0, model.n_generated - n0
 
-    hooks = [model.llm.get_decoder().register_forward_hook(count, with_kwargs=True), watch_frames(model, frames)]
+    hook = watch_frames(model, frames)
     for _ in range(warmup):
         run([single_clip], 1)
     del frames[:]
     out = dict(single=run([single_clip], 1))
     if batch_too:
         out['batch'] = run(list(range(len(audios))), len(audios) if way == 'ours' else 1)
-    for h in hooks:
-        h.remove()
+    hook.remove()
     out['frames'] = frames
     return out
 

@@ -597,8 +597,9 @@ def main(argv=None):
     unknown = [s for s in system_names if s not in ALL_SYSTEMS]
     if unknown:
         fail(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
-    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
-        fail(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    from model import DTYPES
+    if dtype != 'auto' and dtype not in DTYPES:
+        fail(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     split_path = os.path.join(data_dir, f"{split}.jsonl")
     if not os.path.exists(split_path) and not dynamic_superb_dir:
         fail(f"{split_path} not found: run python prepare.py first (or point --data_dir at prepared data)")

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from model import (DEFAULT_INSTRUCTION, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
+from model import (DEFAULT_INSTRUCTION, DTYPES, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
                    mask_and_positions, pad_rows, render_prompt, shared_start, start_cache)
 
 # -----------------------------------------------------------------------------
@@ -166,8 +166,7 @@ def load_llm(name, device, dtype_name):
     from transformers import AutoModelForCausalLM
 
     dtype_name = generation_dtype(device) if dtype_name == 'auto' else dtype_name
-    dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype_name]
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype_name)).to(device).eval()
     model.requires_grad_(False)
     return model
 
@@ -323,8 +322,8 @@ def main(cfg):
         return
     if cfg['backend'] not in ('local', 'http'):
         die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
-    if cfg['llm_dtype'] not in ('auto', 'float32', 'bfloat16', 'float16'):
-        die(f"--llm_dtype must be auto, float32, bfloat16 or float16, got {cfg['llm_dtype']!r}")
+    if cfg['llm_dtype'] != 'auto' and cfg['llm_dtype'] not in DTYPES:
+        die(f"--llm_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg['llm_dtype']!r}")
     choices = parse_instructions(cfg['instructions'])
 
     from transformers import AutoTokenizer

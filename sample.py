@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from audio import AudioError, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, generation_dtype, load_model, read_adapter_config
+from model import DEFAULT_INSTRUCTION, DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
 # -----------------------------------------------------------------------------
 audio = ''  # a clip, comma-separated clips, or a glob such as 'clips/*.wav' (quote it)
@@ -34,6 +34,7 @@ max_new_tokens = 128
 temperature = 0.0  # 0 = greedy
 top_p = 1.0  # nucleus sampling when temperature > 0
 batch_size = 8  # (clip, prompt) pairs per generate call
+draft_tokens = 10  # prompt-lookup drafts per step when one pair is answered greedily; 0 = plain decoding (model.llm_decode)
 seed = 1337
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -94,8 +95,8 @@ if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 if dtype == 'auto':
     dtype = generation_dtype(device)
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+if dtype not in DTYPES:
+    die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
 torch.manual_seed(seed)
 try:
     model = load_model(config, adapter_path=adapter or None, device=device, llm_dtype=getattr(torch, dtype))
@@ -104,6 +105,7 @@ except ValueError as e:  # an adapter that does not fit the base models says whi
 except OSError as e:
     die(f"cannot load the base models: {e} (for the offline defaults run `python get_weights.py`)")
 model.eval()
+model.draft_tokens = draft_tokens
 
 
 def ask(clip_ids, questions):

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from model import AdapterConfig, load_model
+from model import DTYPES, AdapterConfig, load_model
 
 t_launch = time.time()
 
@@ -102,8 +102,8 @@ def warn(message):
 # --- checks that need nothing loaded: fail fast ---
 if init_from not in ('scratch', 'resume'):
     die(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
+if dtype not in DTYPES:
+    die(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
 pairs_files = {split: os.path.join(data_dir, f'{split}_pairs.jsonl') for split in ('train', 'val')}
 if not os.path.isfile(pairs_files['train']):
     die(f"{pairs_files['train']} not found: make the training pairs first with `python generate_pairs.py` "
@@ -149,7 +149,7 @@ np.random.seed(seed)
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ptdtype = getattr(torch, dtype)
 # mixed precision: autocast on CUDA (bf16/fp16) and for bf16 on CPU; otherwise plain fp32 (or the LLM's own dtype)
 if (device_type == 'cuda' and dtype != 'float32') or (device_type == 'cpu' and dtype == 'bfloat16'):
     ctx = torch.autocast(device_type=device_type, dtype=ptdtype)

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import chirp
+from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
 from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, default_tapped_layers, load_model,
-                   pick_token, render_prompt)
+                   lookup_draft, pick_token, render_prompt)
 
 
 def n_params(module):
@@ -145,6 +146,40 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_model):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert answers_r == answers_f
 
+
+
+def test_lookup_draft_continues_the_latest_earlier_match():
+    ids = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
+    assert lookup_draft(ids, 2) == [2, 3]  # the tail 6,7 last occurred before 2,3 (the longest n-gram first)
+    assert lookup_draft(ids + [8], 3) == [9, 1, 6]  # 6,7,8 occurs once
+    assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 4) == []
+
+
+def test_prompt_lookup_decoding_gives_the_same_answer_in_fewer_passes(tiny_paths, steerable_llm, monkeypatch):
+    # the steerable tiny LLM: conftest's own answers one token over and over, which would never reject a draft
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32).eval()
+    # the answers as their token ids: the tiny LLM's tokens often decode to nothing visible
+    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))
+    fed = []  # tokens per decoder pass after the prompt's
+    hook = m.llm.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]) if kwargs.get("input_ids") is not None else None,
+        with_kwargs=True)
+    answers, passes = {}, {}
+    try:
+        for n_draft in (0, 10):
+            m.draft_tokens, fed[:] = n_draft, []
+            answers[n_draft] = [m.generate([chirp(1.3, seed=s)], [q], transcripts=[t], max_new_tokens=40)[0][0]
+                                for s, q, t in [(0, "Repeat it.", "the quick brown fox, the quick brown fox"),
+                                                (1, DEFAULT_INSTRUCTION, "one two three one two three"),
+                                                (2, "Is it loud?", "hello")]]
+            passes[n_draft], n_fed = len(fed), sum(fed)
+    finally:
+        hook.remove()
+    n_generated = sum(len(a.split()) for a in answers[0])
+    assert answers[10] == answers[0]
+    assert len({t for a in answers[0] for t in a.split()}) > 3  # not one token over and over
+    assert passes[10] < passes[0]  # some drafts were kept ...
+    assert n_fed > n_generated  # ... and some were rejected (their cache entries cropped)
 
 def test_only_the_adapter_gets_gradients(tiny_model):
     m = tiny_model
