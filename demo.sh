@@ -23,7 +23,9 @@ step "generate_pairs: the frozen LLM describes each clip from its seed transcrip
 python3 generate_pairs.py --data_dir=$DATA --batch_size=32 --max_new_tokens=96 --instructions=@config/voice_instructions.txt
 
 step "train: the Q-Former adapter -> $OUT/adapter.safetensors"
-python3 train.py config/demo_cpu.py --data_dir=$DATA --out_dir=$OUT
+# a checkpoint means an earlier run: resume it (a finished run stops at once, an interrupted one goes on)
+RESUME=$([ -f $OUT/ckpt.pt ] && echo --init_from=resume || true)
+python3 train.py config/demo_cpu.py --data_dir=$DATA --out_dir=$OUT $RESUME
 
 step "eval: trained vs untrained adapter vs cascade vs text-with-metadata vs chance -> $EVAL/report.md"
 python3 eval.py --data_dir=$DATA --adapter=$OUT/adapter.safetensors --out_dir=$EVAL --limit=16 --if_limit=12 \
