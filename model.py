@@ -524,18 +524,17 @@ def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0
     rows = torch.arange(B, device=attention_mask.device)  # which of the B rows are still in the batch
     tokens = [[] for _ in range(B)]
     hidden = out.last_hidden_state[:, -1:]  # the positions whose next token is picked
-    position = position_ids[:, -1:]  # of the last token in the cache that is kept
-    draft, fed = [], False  # the drafts fed with the last token; whether a token has been fed yet
+    position = position_ids[:, -1:]  # of the last token in the cache
+    draft = []  # the drafts fed after the last picked token
     while True:
         picked = pick_token(llm_head(llm, hidden.flatten(0, 1)).float(), temperature, top_p).view(len(rows), -1)
         n_kept = 0  # leading drafts equal to what the LLM picks after the token before each
         while n_kept < len(draft) and draft[n_kept] == picked[0, n_kept].item():
             n_kept += 1
-        if n_kept < len(draft):  # forget the rejected drafts' keys and values
-            out.cache.crop(n_kept - len(draft))  # a negative count: remove that many from the end
-            attention_mask = attention_mask[:, : n_kept - len(draft)]
-        if fed:
-            position = position + 1 + n_kept
+        n_rejected = len(draft) - n_kept
+        if n_rejected:  # forget the rejected drafts: their keys and values, mask columns and positions
+            out.cache.crop(-n_rejected)  # a negative count removes that many from the end
+            attention_mask, position = attention_mask[:, :-n_rejected], position - n_rejected
         finished = []
         for i, r in enumerate(rows.tolist()):
             for t in picked[i, : n_kept + 1].tolist():
@@ -557,7 +556,7 @@ def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), step_ids.shape[1])], dim=1)
         out = decoder(input_ids=step_ids, attention_mask=attention_mask, cache=out.cache, use_cache=True,
                       position_ids=position + 1 + torch.arange(step_ids.shape[1], device=position.device))
-        hidden, fed = out.last_hidden_state, True
+        hidden, position = out.last_hidden_state, position + step_ids.shape[1]
     answers, n_tokens = [], []
     for row in tokens:
         end = next((i for i, t in enumerate(row) if t in stops), None)
