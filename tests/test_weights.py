@@ -185,6 +185,20 @@ def test_larger_llm_names_its_own_packages(tmp_path, monkeypatch, capsys):
         gw.main()
 
 
+def pinned_packages(requirements_file):
+    lines = (line.split('#')[0].strip() for line in open(ROOT / requirements_file))
+    return {line for line in lines if '==' in line}
+
+
+@pytest.mark.parametrize('requirements_file, parts', [
+    ('requirements-weights.txt', gw.WHISPER_PARTS + gw.LLM_PARTS),
+    ('requirements-weights-1.5b.txt', gw.LLM_1_5B_PARTS)])
+def test_requirement_files_pin_the_packages_get_weights_reads(requirements_file, parts):
+    # setup.sh installs from these files and get_weights.py hashes what they installed: a version bumped in one
+    # place only would fail at conversion time with a hash mismatch, so the two must agree exactly
+    assert pinned_packages(requirements_file) == {f'{p.package}=={p.version}' for p in parts}
+
+
 # ---- real weights (slow): reuse weights/ when complete, otherwise convert into a temp dir -------------------------
 def installed(parts):
     return all(importlib.util.find_spec(p.package.replace('-', '_')) for p in parts)
