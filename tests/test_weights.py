@@ -186,7 +186,7 @@ def test_larger_llm_names_its_own_packages(tmp_path, monkeypatch, capsys):
 
 
 def pinned_packages(requirements_file):
-    lines = (line.split('#')[0].strip() for line in open(ROOT / requirements_file))
+    lines = (line.split('#')[0].strip() for line in (ROOT / requirements_file).read_text().splitlines())
     return {line for line in lines if '==' in line}
 
 
