@@ -301,6 +301,7 @@ def get_batch(split, idx):
 
 # the evaluation batches are fixed, so successive evaluations measure the same thing
 eval_batches = {split: make_batches(s['lengths'], epoch=-1)[:eval_iters] for split, s in splits.items()}
+listen_split = 'val' if 'val' in splits else 'train'  # where estimate_loss also measures the loss with other clips' audio
 n_train_batches = len(make_batches(splits['train']['lengths'], 0))
 if master:
     print(f"{n_train_batches} batches of up to {batch_size} per epoch; {gradient_accumulation_steps} per step "
@@ -383,18 +384,26 @@ def save_checkpoint():
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over the fixed evaluation batches of each split, dropout off; the batches are shared among the ranks."""
+    """Mean loss over the fixed evaluation batches of each split, dropout off; the batches are shared among the ranks.
+    On listen_split also 'other_audio': the same rows with each row's speech taken from the next clip in its batch
+    (rolled by one) while its transcript and target stay. The gap to the plain loss is what the speech vectors tell the
+    LLM beyond the transcript; near zero, the LLM is not listening (README, "With the 1.5B LLM")."""
     raw_model.eval()
     out = {}
     for split, batches in eval_batches.items():
-        total = torch.zeros(2, device=device)  # sum of batch losses, number of batches
+        total = torch.zeros(4, device=device)  # loss sum and batch count with each row's own audio, then with another's
         for idx in batches[rank::world_size]:
             tapped, frame_mask, pieces = get_batch(split, idx)
             with ctx:
-                total += torch.stack([raw_model(tapped, frame_mask, pieces).float(), torch.ones((), device=device)])
+                total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces).float(), torch.ones((), device=device)])
+                if split == listen_split and len(idx) > 1:
+                    other = raw_model(tapped.roll(1, 0), frame_mask.roll(1, 0), pieces).float()
+                    total[2:4] += torch.stack([other, torch.ones((), device=device)])
         if ddp:
             dist.all_reduce(total)
         out[split] = (total[0] / total[1]).item()
+        if total[3] > 0:
+            out['other_audio'] = (total[2] / total[3]).item()
     raw_model.train()
     return out
 
@@ -450,7 +459,8 @@ while True:
         val_loss = losses.get('val', losses['train'])
         if master:
             print(f"eval at iter {iter_num}: train loss {losses['train']:.4f}" +
-                  (f", val loss {losses['val']:.4f}" if 'val' in losses else ""))
+                  (f", val loss {losses['val']:.4f}" if 'val' in losses else "") +
+                  (f", {listen_split} loss with other clips' audio {losses['other_audio']:.4f}" if 'other_audio' in losses else ""))
             log({'iter': iter_num, 'eval': True, **{f'{k}_loss': v for k, v in losses.items()}, 'time': time.time()})
         if val_loss < best_val_loss:
             best_val_loss = val_loss

@@ -107,6 +107,11 @@ def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_ll
     assert {"torch", "numpy", "python", "cuda"} <= set(ckpt["rng"]) and ckpt["data"]["epoch"] == 29
     evals = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"eval"' in line]
     assert [e["iter"] for e in evals] == [0, 10, 20, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"]
+    # each clip has its own target, so once the adapter has learned them, another clip's audio must cost the LLM
+    # (measured: from -0.42 at iter 0, where the random adapter's vectors steer at random, to +0.71 at iter 30)
+    gaps = [e["other_audio_loss"] - e["val_loss"] for e in evals]
+    assert gaps[-1] > 0.5 and gaps[-1] - gaps[0] > 0.8, gaps
+    assert "val loss with other clips' audio" in proc.stdout
 
 
 def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
