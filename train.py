@@ -48,6 +48,8 @@ log_interval = 1  # iters between log lines
 whisper = 'weights/whisper-base.pt'  # openai-whisper name ('small') or a local checkpoint
 llm = 'weights/qwen2.5-coder-0.5b-instruct'  # hub id or local directory of an instruction-tuned LLM
 tapped_layers = ()  # Whisper encoder blocks feeding the adapter; () = evenly spaced, ending at the last one
+n_queries = 64  # speech vectors per clip (DeSTA2: 64)
+n_qformer_layer = 2  # Q-Former depth (DeSTA2: 2)
 dropout = 0.1  # in the Q-Former while training
 max_text_tokens = 200  # the transcript and the target are each cut to this many tokens (DeSTA2: 200)
 # data
@@ -157,7 +159,8 @@ else:
     ctx = contextlib.nullcontext()
 
 # --- the model: frozen base models, trainable adapter ---
-adapter_config = AdapterConfig(whisper=whisper, llm=llm, tapped_layers=tuple(tapped_layers), dropout=dropout)
+adapter_config = AdapterConfig(whisper=whisper, llm=llm, tapped_layers=tuple(tapped_layers), n_queries=n_queries,
+                               n_qformer_layer=n_qformer_layer, dropout=dropout)
 try:
     raw_model = load_model(adapter_config, device=device, llm_dtype=ptdtype)
 except (OSError, ValueError) as e:

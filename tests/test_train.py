@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from conftest import ROOT, chirp
 
-from model import DeSTA2
+from model import AdapterConfig, DeSTA2, load_model, read_adapter_config
 
 INSTRUCTION = "What can you hear from the audio?"
 TARGETS = ["a female speaker with a Scottish accent", "a male voice with a low pitch", "the quick brown fox",
@@ -112,6 +112,20 @@ def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_ll
     gaps = [e["other_audio_loss"] - e["val_loss"] for e in evals]
     assert gaps[-1] > 0.5 and gaps[-1] - gaps[0] > 0.8, gaps
     assert "val loss with other clips' audio" in proc.stdout
+
+
+def test_adapter_shape_is_configurable_and_travels_with_the_adapter(tiny_paths, data_dir, tmp_path):
+    """--n_queries and --n_qformer_layer reach the adapter, its file records them, and the model sample.py and eval.py
+    build from that file takes them back: the trained weights load into it and give that many speech vectors."""
+    run_train(tmp_path, "--batch_size=6", "--max_iters=1", "--eval_interval=1", "--n_queries=5", "--n_qformer_layer=1",
+              whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
+    path = str(tmp_path / "adapter.safetensors")
+    config = read_adapter_config(path)
+    assert config["n_queries"] == 5 and config["n_qformer_layer"] == 1
+    model = load_model(AdapterConfig(**config), adapter_path=path, llm_dtype=torch.float32)
+    assert len(model.adapter.layers) == 1
+    tapped, frame_mask = model.speech_features([chirp(1.0)])
+    assert model.adapter(tapped, frame_mask).shape[1] == 5
 
 
 def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
