@@ -48,4 +48,11 @@ def test_bench_prints_the_table_and_exits_by_its_ok_column(tiny_paths):
         assert int(m[3]) == int(m[4]) == 1500
         assert 0 < int(m[1]) <= int(m[2]) < 1500
     assert "train MFU: n/a (CPU)" in out
+    # ours' own Whisper transcription pass, timed inside its answers: a part of them, and the bound it puts on the ratio
+    m = re.search(r"Whisper's 30-s transcription is ([\d.]+) of ours' ([\d.]+) s for the single clip and ([\d.]+) of "
+                  r"([\d.]+) s for the batch; were all else free, ours would be ([\d.]+)x and ([\d.]+)x", out)
+    assert m, out
+    w1, o1, wb, ob, bound1, boundb = map(float, m.groups())
+    assert 0 < w1 <= o1 and 0 < wb <= ob
+    assert abs(bound1 - float(table['infer single clip s'][2]) / w1) < 0.02 * bound1 + 0.01
     assert re.search(r"feature cache .*: [\d.]+ s for 4 clips", out)

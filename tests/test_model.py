@@ -5,6 +5,7 @@ import torch
 from conftest import chirp
 from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
+import model
 from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, default_tapped_layers, load_model,
                    lookup_draft, pick_token, render_prompt)
 
@@ -229,3 +230,21 @@ def test_pick_token_greedy_and_top_p():
     # top_p small enough that only the most likely token survives
     assert {pick_token(logits, 1.0, 0.5).item() for _ in range(50)} == {1}
     assert len({pick_token(logits, 5.0, 1.0).item() for _ in range(200)}) > 2
+
+
+def test_padded_generate_runs_the_encoder_once_for_features_and_transcript(tiny_paths, monkeypatch):
+    # the published way gets both from one whisper.generate(..., output_hidden_states=True): so does pad_to_30s here,
+    # with the same states as speech_features and the same transcripts as transcribe
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32, pad_to_30s=True)
+    m.eval()
+    clips = [chirp(1.0), chirp(1.6, 200, seed=2)]
+    states, mask, transcripts = m.padded_features_and_transcripts(clips)
+    expected_states, expected_mask = m.speech_features(clips)
+    torch.testing.assert_close(states, expected_states)
+    assert torch.equal(mask, expected_mask) and transcripts == m.transcribe(clips)
+
+    passes, encode = [], model.encode_tapped_layers
+    monkeypatch.setattr(model, "encode_tapped_layers", lambda *a: passes.append(a[1].shape) or encode(*a))
+    monkeypatch.setattr(m.whisper.encoder, "forward", lambda *a: passes.append("whisper's own encoder"))
+    answers, generated_transcripts = m.generate(clips, ["Describe it."] * 2, max_new_tokens=3)
+    assert passes == [(2, m.whisper.dims.n_mels, 3000)] and generated_transcripts == transcripts

@@ -90,3 +90,15 @@ def test_trimmed_features_agree_with_padded_ones(real_model, espeak_clips):
     print("mean cosine per tapped block:", cos.mean(dim=1).tolist())
     assert (cos.mean(dim=1) > 0.9).all()
     assert cos[:, : T - 25].min() > 0.75  # away from the end (the last 0.5 s), every frame agrees (measured min 0.85)
+
+
+def test_one_padded_pass_transcribes_as_whisper_does(real_model, espeak_clips):
+    # the published way's single encoder pass (our blocks with the padding unmasked, then ln_post) must give
+    # Whisper's own transcripts, or bench.py's published timing would not be of the published computation
+    m = real_model
+    m.pad_to_30s = True
+    try:
+        _, _, transcripts = m.padded_features_and_transcripts(espeak_clips)
+    finally:
+        m.pad_to_30s = False
+    assert transcripts == m.transcribe(espeak_clips)
