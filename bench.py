@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, generation_dtype, load_model
+from model import DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, generation_dtype, load_model, shared_start, sized_config
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
@@ -57,6 +57,11 @@ skip_training = False
 skip_inference = False
 memory = True  # peak memory per (phase, way) in subprocesses; False = skip (n/a)
 peak_flops = 989e12  # for MFU on CUDA: H100 dense bf16
+# random weights of a given shape instead of --whisper's / --llm's weights (--llm's tokenizer stays), for speed alone
+# where the weights are not at hand: config/bench_paper_shapes.py holds whisper-small's and Llama-3-8B's
+random_whisper = {}  # whisper.model.ModelDimensions fields
+random_llama = {}  # transformers.LlamaConfig fields
+tapped_layers = ()  # () = the default taps for the Whisper in use
 num_threads = 0  # torch CPU threads; 0 = torch's default
 enforce = True  # exit 1 when a ratio target is missed
 target_train, target_single, target_batch = 2.0, 3.0, 6.0
@@ -145,8 +150,25 @@ def clock():
 
 def load(llm_dtype):
     torch.manual_seed(seed)
-    return load_model(AdapterConfig(whisper=whisper, llm=llm), adapter_path=adapter or None, device=device,
-                      llm_dtype=getattr(torch, llm_dtype))
+    if not (random_whisper and random_llama):
+        if random_whisper or random_llama:
+            sys.exit("error: random_whisper and random_llama go together (see config/bench_paper_shapes.py)")
+        return load_model(AdapterConfig(whisper=whisper, llm=llm, tapped_layers=tapped_layers), adapter_path=adapter or None,
+                          device=device, llm_dtype=getattr(torch, llm_dtype))
+    # built on the device with random weights: timings and MFU do not depend on the values
+    import whisper.model as wm
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    with torch.device(device):
+        whisper_model = wm.Whisper(wm.ModelDimensions(**random_whisper))
+        torch.set_default_dtype(getattr(torch, llm_dtype))  # an 8B LLM straight in its dtype, not in fp32 first
+        try:
+            llama = LlamaForCausalLM(LlamaConfig(**random_llama, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                                                 pad_token_id=tokenizer.pad_token_id))
+        finally:
+            torch.set_default_dtype(torch.float32)
+    config = AdapterConfig(whisper=f'random {random_whisper}', llm=f'random {random_llama}', tapped_layers=tapped_layers)
+    return DeSTA2(whisper_model, llama, tokenizer, sized_config(config, whisper_model, llama)).to(device)
 
 
 def watch_frames(model, seen):
@@ -217,7 +239,16 @@ def train_way(model, way, n_steps):
     for k in range(n_steps):
         rows += len(batches[k % len(batches)])
         tokens += sum(n_text[i] + model.config.n_queries for i in batches[k % len(batches)])
-    flops = 4 * n_llm * tokens + 6 * n_adapter * rows * len(model.config.tapped_layers) * model.config.n_queries
+    # model FLOPs, the same count for both ways: per LLM weight and token, 2 forward and 2 backward (to the activations
+    # only: the LLM is frozen), over the tokens after the prompt start that every row shares (computed once suffices),
+    # the LM head over the target tokens only; 6 per adapter weight, query and tap. Attention's own FLOPs are left out.
+    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
+    n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
+    n_adapter = sum(p.numel() for p in model.adapter.parameters())
+    n_start = min(shared_start([p.prefix for p in pieces]), min(len(p.prefix) for p in pieces))
+    n_target = sum(len(pieces[i].target) for k in range(n_steps) for i in batches[k % len(batches)])
+    flops = (4 * n_body * (tokens - n_start * rows) + 4 * head.numel() * n_target
+             + 6 * n_adapter * rows * len(model.config.tapped_layers) * model.config.n_queries)
     return dict(rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
 
 
@@ -274,7 +305,6 @@ if phase:
     model = load(train_dtype if what == 'train' else infer_dtype)
     pieces = model.tokenize([texts[n] for n in names], [DEFAULT_INSTRUCTION] * len(names),
                             [f'The speaker says "{texts[n]}" in a calm, clear voice.' for n in names])
-    n_llm, n_adapter = (sum(p.numel() for p in m.parameters()) for m in (model.llm, model.adapter))
     init_adapter = {k: v.clone() for k, v in model.adapter.state_dict().items()}
     loaded = peak_mib()
     train_way(model, way, 1) if what == 'train' else infer_way(model, way)
@@ -282,15 +312,18 @@ if phase:
     sys.exit(0)
 
 # --- the main run: both ways side by side ---
-print(f"{whisper} + {llm} on {device} ({torch.get_num_threads()} threads), train {train_dtype}, answers {infer_dtype}; "
+models = (f"random weights in the shapes of whisper {random_whisper} + Llama {random_llama}, {llm}'s tokenizer"
+          if random_whisper else f"{whisper} + {llm}")
+print(f"{models} on {device} ({torch.get_num_threads()} threads), train {train_dtype}, answers {infer_dtype}; "
       f"{len(audios)} clips of {min(map(len, audios)) / SAMPLE_RATE:.1f}-{max(map(len, audios)) / SAMPLE_RATE:.1f} s "
       f"({'espeak-ng' if not texts[names[0]].startswith('(') else 'harmonic signals'}), single clip "
       f"{len(audios[single_clip]) / SAMPLE_RATE:.1f} s; adapter {adapter or 'random'}", flush=True)
 model = load(train_dtype if not skip_training else infer_dtype)
 pieces = model.tokenize([texts[n] for n in names], [DEFAULT_INSTRUCTION] * len(names),
                         [f'The speaker says "{texts[n]}" in a calm, clear voice.' for n in names])
-n_llm, n_adapter = (sum(p.numel() for p in m.parameters()) for m in (model.llm, model.adapter))
 init_adapter = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+print(f"parameters: Whisper {sum(p.numel() for p in model.whisper.parameters()):,}, LLM {sum(p.numel() for p in model.llm.parameters()):,}, "
+      f"adapter {sum(p.numel() for p in model.adapter.parameters()):,}", flush=True)
 ways = ('ours', 'published')
 train, infer, mem = {}, {}, {}
 if not skip_training:

@@ -625,6 +625,15 @@ def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", ll
     whisper_model = whisper.load_model(config.whisper, device=device)
     tokenizer = AutoTokenizer.from_pretrained(config.llm)
     llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=llm_dtype).to(device)
+    config = sized_config(config, whisper_model, llm)
+    model = DeSTA2(whisper_model, llm, tokenizer, config, pad_to_30s).to(device)
+    if adapter_path:
+        model.load_adapter(adapter_path)
+    return model
+
+
+def sized_config(config: AdapterConfig, whisper_model, llm) -> AdapterConfig:
+    """config with the adapter's sizes read off the base models, and the default taps where none are named."""
     dims = whisper_model.dims
     config = AdapterConfig(**{
         **asdict(config),
@@ -634,7 +643,4 @@ def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", ll
     })
     if max(config.tapped_layers) >= dims.n_audio_layer:
         raise ValueError(f"tapped_layers {config.tapped_layers} out of range: {config.whisper} has {dims.n_audio_layer} encoder blocks")
-    model = DeSTA2(whisper_model, llm, tokenizer, config, pad_to_30s).to(device)
-    if adapter_path:
-        model.load_adapter(adapter_path)
-    return model
+    return config

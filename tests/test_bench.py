@@ -56,3 +56,51 @@ def test_bench_prints_the_table_and_exits_by_its_ok_column(tiny_paths):
     assert 0 < w1 <= o1 and 0 < wb <= ob
     assert abs(bound1 - float(table['infer single clip s'][2]) / w1) < 0.02 * bound1 + 0.01
     assert re.search(r"feature cache .*: [\d.]+ s for 4 clips", out)
+
+
+def test_random_weights_of_given_shapes(tiny_paths, tmp_path):
+    # random_whisper/random_llama build the models from their shapes alone (no weights): here tiny ones
+    shapes = tmp_path / "tiny_shapes.py"
+    shapes.write_text("random_whisper = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=3,\n"
+                      "                      n_vocab=51865, n_text_ctx=64, n_text_state=32, n_text_head=2, n_text_layer=1)\n"
+                      "random_llama = dict(hidden_size=40, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,\n"
+                      "                    num_key_value_heads=2, rope_theta=500000.0)\n"
+                      "tapped_layers = (0, 2)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), str(shapes), f"--llm={tiny_paths[1]}", "--device=cpu",
+                           "--n_clips=2", "--batch_size=2", "--n_train_steps=1", "--skip_inference", "--memory=False",
+                           "--dtype=float32", "--enforce=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    from transformers import AutoTokenizer
+    n_vocab = len(AutoTokenizer.from_pretrained(tiny_paths[1]))
+    # embedding and head, then per layer q and o (40 x 40), k and v (40 x 2 heads of 10), the MLP, two norms; the final norm
+    llama = 2 * n_vocab * 40 + 2 * (2 * 40 * 40 + 2 * 40 * 20 + 3 * 40 * 64 + 2 * 40) + 40
+    m = re.search(r"^parameters: Whisper ([\d,]+), LLM ([\d,]+), adapter ([\d,]+)$", proc.stdout, re.M)
+    assert m and int(m[2].replace(',', '')) == llama, proc.stdout
+    assert re.search(r"^\| train clips/s +\| +[\d.]+ \|", proc.stdout, re.M), proc.stdout
+
+    shapes.write_text("random_llama = dict(hidden_size=40)\n")  # one without the other is refused
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), str(shapes), f"--llm={tiny_paths[1]}", "--device=cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "random_whisper and random_llama go together" in proc.stderr
+
+
+def test_paper_shapes_are_the_published_models():
+    # config/bench_paper_shapes.py must build whisper-small and Llama-3-8B: their parameter counts (Llama-3-8B with its
+    # 128,256-token vocabulary; whisper-small as transformers counts it, whose encoder positions are a parameter,
+    # 1500 x 768 of them), and the released adapter between the two
+    import torch
+    import whisper.model as wm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model import AdapterConfig, SpeechAdapter, sized_config
+
+    shapes = {}
+    exec((ROOT / "config/bench_paper_shapes.py").read_text(), shapes)
+    whisper_model = wm.Whisper(wm.ModelDimensions(**shapes["random_whisper"]))
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(LlamaConfig(**shapes["random_llama"], vocab_size=128_256))
+    assert sum(p.numel() for p in whisper_model.parameters()) + 1500 * 768 == 241_734_912
+    assert sum(p.numel() for p in llama.parameters()) == 8_030_261_248
+    config = sized_config(AdapterConfig(tapped_layers=shapes["tapped_layers"]), whisper_model, llama)
+    assert sum(p.numel() for p in SpeechAdapter(config).parameters()) == 22_251_776
