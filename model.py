@@ -1,7 +1,7 @@
 """
 The DeSTA2 speech language model in one file.
 
-    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks
+    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks (optionally standardized per channel)
         -> Q-Former adapter (the only trained part) -> 64 vectors in the LLM's embedding space
         -> [64 speech vectors + Whisper's transcript] in the chat prompt of a frozen instruction-tuned LLM
 
@@ -113,12 +113,20 @@ class SpeechAdapter(nn.Module):
         )
         self.ln_out = nn.LayerNorm(c.n_audio_state)
         self.proj = nn.Linear(c.n_audio_state, c.n_llm_state)
+        # Whisper's residual stream has a few channels far larger than the rest and nearly the same in every clip
+        # (per-channel std from 0.12 to 54 over the demo's whisper-base taps). They dominate the Q-Former's keys and
+        # values, and the adapter learns a constant soft prompt. Standardized per channel with the training clips'
+        # statistics (train.py --standardize_features; saved with the adapter), the frames' differences get through.
+        # Zeros and ones, no change, until set. Not in the published model.
+        self.register_buffer("feature_mean", torch.zeros(n_tapped, c.n_audio_state))
+        self.register_buffer("feature_std", torch.ones(n_tapped, c.n_audio_state))
 
     def forward(self, tapped_states, frame_mask):
         # tapped_states: (B, L, T, D) outputs of the L tapped blocks; frame_mask: (B, T) True on real frames
         B, L, T, D = tapped_states.shape
+        mean, std = (t[:, None].to(tapped_states.dtype) for t in (self.feature_mean, self.feature_std))
         # the same Q-Former runs once per tapped block: fold the blocks into the batch
-        frames = tapped_states.reshape(B * L, T, D)
+        frames = ((tapped_states - mean) / std).reshape(B * L, T, D)
         mask = frame_mask.repeat_interleave(L, dim=0)[:, None, None, :]  # (B*L, 1, 1, T)
         x = self.queries.to(frames.dtype).repeat(B, 1, 1)  # (B*L, Q, D)
         for layer in self.layers:
@@ -127,6 +135,11 @@ class SpeechAdapter(nn.Module):
         weights = self.layer_weights.softmax(dim=-1).to(x.dtype)  # (Q, L): per query, a mix over blocks
         x = torch.einsum("blqd,ql->bqd", x, weights)
         return self.proj(self.ln_out(x))  # (B, Q, n_llm_state)
+
+    def load_weights(self, state):
+        """load_state_dict, also for adapters saved before the feature statistics: they read the features unchanged."""
+        self.load_state_dict({"feature_mean": torch.zeros_like(self.feature_mean),
+                              "feature_std": torch.ones_like(self.feature_std), **state})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -433,7 +446,7 @@ class DeSTA2(nn.Module):
             if tuple_if_list(config[key]) != tuple_if_list(mine[key]):
                 raise ValueError(f"{path}: adapter was trained with {key}={config[key]} ({config['whisper']} + {config['llm']}), "
                                  f"but this model has {key}={mine[key]} ({self.config.whisper} + {self.config.llm})")
-        self.adapter.load_state_dict(load_file(path, device=str(next(self.adapter.parameters()).device)))
+        self.adapter.load_weights(load_file(path, device=str(next(self.adapter.parameters()).device)))
 
 
 def tuple_if_list(v):

@@ -57,6 +57,9 @@ batch_size = 4  # rows per micro-batch
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all processes
 bucket_batches = 50  # batches are made of rows of similar length within random chunks of this many batches
 cache_features = True  # compute each clip's Whisper features once and keep them in memory (see the memory note below)
+standardize_features = False  # True: the adapter standardizes Whisper's channels with the training clips' statistics
+                              # (not in the published model; it made the CPU demo's adapter listen: README)
+feature_stats_clips = 1000  # without cache_features, the statistics come from a Whisper pass over this many of them
 # AdamW over the adapter's parameters
 lr = 1e-4  # peak learning rate
 max_iters = 1000  # optimizer steps in all
@@ -267,6 +270,37 @@ if master:
     print(f"data: {len(splits['train']['rows'])} train rows, {len(splits.get('val', {}).get('rows', []))} val rows, "
           f"{len(clips)} clips" + (f", features cached: {n_cache / 2**20:.0f} MiB" if cache_features else ""))
 
+# per tapped block and channel, the mean and std of the training clips' Whisper frames, for the adapter's
+# standardization (see SpeechAdapter). Every rank computes the same from the same clips; a resumed run reads its own.
+if standardize_features and init_from == 'scratch':
+    stat_paths = sorted({r['audio'] for r in splits['train']['rows']})
+    if not cache_features:
+        sample = torch.randperm(len(stat_paths), generator=torch.Generator().manual_seed(seed))[:feature_stats_clips]
+        stat_paths = [stat_paths[i] for i in sorted(sample.tolist())]
+    n_frames, total, squares = 0, 0.0, 0.0
+    for i in range(0, len(stat_paths), 16):
+        chunk = stat_paths[i:i + 16]
+        if cache_features:
+            feats = [features[p] for p in chunk]
+        else:
+            try:
+                audios = [load_audio(p) for p in chunk]
+            except AudioError as e:
+                die(f"{e} (it was readable at start-up)")
+            with ctx:
+                tapped, frame_mask = raw_model.speech_features(audios)
+            feats = [tapped[j, :, :int(frame_mask[j].sum())] for j in range(len(chunk))]
+        for f in feats:
+            f = f.double().cpu()
+            n_frames, total, squares = n_frames + f.shape[1], total + f.sum(1), squares + (f * f).sum(1)
+    feature_mean = total / n_frames
+    feature_std = (squares / n_frames - feature_mean ** 2).clamp_min(1e-12).sqrt()
+    raw_model.adapter.feature_mean.copy_(feature_mean)
+    raw_model.adapter.feature_std.copy_(feature_std)
+    if master:
+        print(f"features standardized per channel over {len(stat_paths)} training clips ({n_frames} frames; "
+              f"channel std {feature_std.min():.3g} to {feature_std.max():.3g})")
+
 
 def make_batches(lengths, epoch):
     """Row indices in batches of similar length: shuffle, sort within chunks of bucket_batches batches, shuffle the batches.
@@ -323,7 +357,7 @@ if {id(p) for g in optimizer.param_groups for p in g['params']} != {id(p) for p 
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 iter_num, best_val_loss, epoch, batch_in_epoch = 0, float('inf'), 0, 0
 if init_from == 'resume':
-    raw_model.adapter.load_state_dict(checkpoint['adapter'])
+    raw_model.adapter.load_weights(checkpoint['adapter'])
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import chirp
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
 import model
@@ -248,3 +250,29 @@ def test_padded_generate_runs_the_encoder_once_for_features_and_transcript(tiny_
     monkeypatch.setattr(m.whisper.encoder, "forward", lambda *a: passes.append("whisper's own encoder"))
     answers, generated_transcripts = m.generate(clips, ["Describe it."] * 2, max_new_tokens=3)
     assert passes == [(2, m.whisper.dims.n_mels, 3000)] and generated_transcripts == transcripts
+
+
+def test_adapter_standardizes_features_with_its_statistics(tiny_model, tmp_path):
+    # set to the features' own per-channel statistics, the adapter gives the same vectors when each channel is scaled
+    # and shifted (the statistics following): what reaches the Q-Former is the standardized frame
+    adapter = tiny_model.adapter
+    states, mask = tiny_model.speech_features([chirp(1.0), chirp(1.4, 200, seed=1)])
+    real = torch.cat([states[b][:, mask[b]] for b in range(len(states))], dim=1)  # (L, frames, D)
+    L, D = states.shape[1], states.shape[3]
+    mean, std = real.mean(dim=1), real.std(dim=1)
+    adapter.feature_mean.copy_(mean), adapter.feature_std.copy_(std)
+    expected = adapter(states, mask)
+    scale, shift = torch.rand(L, D) * 5 + 0.5, torch.randn(L, D) * 10
+    adapter.feature_mean.copy_(mean * scale + shift), adapter.feature_std.copy_(std * scale)
+    torch.testing.assert_close(adapter(states * scale[:, None] + shift[:, None], mask), expected, rtol=1e-4, atol=1e-4)
+
+    # the statistics travel with the adapter file; a file saved before they existed loads with zeros and ones
+    tiny_model.save_adapter(tmp_path / "new.safetensors")
+    tiny_model.adapter.feature_mean.zero_()
+    tiny_model.load_adapter(tmp_path / "new.safetensors")
+    torch.testing.assert_close(tiny_model.adapter.feature_mean, mean * scale + shift)
+    old = {k: v for k, v in load_file(tmp_path / "new.safetensors").items() if not k.startswith("feature_")}
+    with safe_open(tmp_path / "new.safetensors", framework="pt") as f:
+        save_file(old, tmp_path / "old.safetensors", metadata=f.metadata())
+    tiny_model.load_adapter(tmp_path / "old.safetensors")
+    assert (tiny_model.adapter.feature_mean == 0).all() and (tiny_model.adapter.feature_std == 1).all()

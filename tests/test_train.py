@@ -128,6 +128,29 @@ def test_adapter_shape_is_configurable_and_travels_with_the_adapter(tiny_paths, 
     assert model.adapter(tapped, frame_mask).shape[1] == 5
 
 
+def test_adapter_standardizes_with_the_training_clips_statistics(tiny_paths, data_dir, tmp_path):
+    """The adapter file carries the per-channel mean and std of the training clips' Whisper frames (over the 4 clips
+    of the train rows; the missing one is skipped), the same whether they come from the feature cache or a pass."""
+    model = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
+    frames = []
+    for i in range(4):
+        tapped, mask = model.speech_features([chirp(1.0 + 0.4 * i, 120 + 40 * i, seed=i)])
+        frames.append(tapped[0, :, mask[0]].double())
+    frames = torch.cat(frames, dim=1)  # (L, all frames, D)
+    for cached in (True, False):
+        out = tmp_path / f"cache_{cached}"
+        proc = run_train(out, "--batch_size=6", "--max_iters=1", "--eval_interval=1", f"--cache_features={cached}",
+                         "--standardize_features=True", whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
+        assert f"features standardized per channel over 4 training clips ({frames.shape[1]} frames" in proc.stdout
+        trained = load_model(adapter_path=str(out / "adapter.safetensors"), llm_dtype=torch.float32).adapter
+        torch.testing.assert_close(trained.feature_mean.double(), frames.mean(1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(trained.feature_std.double(), frames.std(1, correction=0), rtol=1e-4, atol=1e-4)
+    run_train(tmp_path / "off", "--batch_size=6", "--max_iters=1", "--eval_interval=1",  # off by default
+              whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
+    off = load_model(adapter_path=str(tmp_path / "off" / "adapter.safetensors"), llm_dtype=torch.float32).adapter
+    assert (off.feature_mean == 0).all() and (off.feature_std == 1).all()
+
+
 def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
     """Stopped at 4 and resumed to 8, the run is the uninterrupted one: the same losses and weights, bit for bit
     (tolerance 0 on CPU fp32: same ops, same data order, the optimizer and RNG states restored)."""
