@@ -270,37 +270,6 @@ if master:
     print(f"data: {len(splits['train']['rows'])} train rows, {len(splits.get('val', {}).get('rows', []))} val rows, "
           f"{len(clips)} clips" + (f", features cached: {n_cache / 2**20:.0f} MiB" if cache_features else ""))
 
-# per tapped block and channel, the mean and std of the training clips' Whisper frames, for the adapter's
-# standardization (see SpeechAdapter). Every rank computes the same from the same clips; a resumed run reads its own.
-if standardize_features and init_from == 'scratch':
-    stat_paths = sorted({r['audio'] for r in splits['train']['rows']})
-    if not cache_features:
-        sample = torch.randperm(len(stat_paths), generator=torch.Generator().manual_seed(seed))[:feature_stats_clips]
-        stat_paths = [stat_paths[i] for i in sorted(sample.tolist())]
-    n_frames, total, squares = 0, 0.0, 0.0
-    for i in range(0, len(stat_paths), 16):
-        chunk = stat_paths[i:i + 16]
-        if cache_features:
-            feats = [features[p] for p in chunk]
-        else:
-            try:
-                audios = [load_audio(p) for p in chunk]
-            except AudioError as e:
-                die(f"{e} (it was readable at start-up)")
-            with ctx:
-                tapped, frame_mask = raw_model.speech_features(audios)
-            feats = [tapped[j, :, :int(frame_mask[j].sum())] for j in range(len(chunk))]
-        for f in feats:
-            f = f.double().cpu()
-            n_frames, total, squares = n_frames + f.shape[1], total + f.sum(1), squares + (f * f).sum(1)
-    feature_mean = total / n_frames
-    feature_std = (squares / n_frames - feature_mean ** 2).clamp_min(1e-12).sqrt()
-    raw_model.adapter.feature_mean.copy_(feature_mean)
-    raw_model.adapter.feature_std.copy_(feature_std)
-    if master:
-        print(f"features standardized per channel over {len(stat_paths)} training clips ({n_frames} frames; "
-              f"channel std {feature_std.min():.3g} to {feature_std.max():.3g})")
-
 
 def make_batches(lengths, epoch):
     """Row indices in batches of similar length: shuffle, sort within chunks of bucket_batches batches, shuffle the batches.
@@ -335,6 +304,28 @@ def get_batch(split, idx):
             tapped, frame_mask = raw_model.speech_features(audios)
     return tapped.to(device).float(), frame_mask.to(device), pieces
 
+
+# per tapped block and channel, the mean and std of the training clips' Whisper frames, for the adapter's
+# standardization (see SpeechAdapter). Every rank computes the same from the same clips; a resumed run reads its own.
+if standardize_features and init_from == 'scratch':
+    one_row_per_clip = {r['audio']: i for i, r in enumerate(splits['train']['rows'])}
+    stat_rows = [one_row_per_clip[p] for p in sorted(one_row_per_clip)]
+    if not cache_features:  # a Whisper pass over a sample of them
+        sample = torch.randperm(len(stat_rows), generator=torch.Generator().manual_seed(seed))[:feature_stats_clips]
+        stat_rows = [stat_rows[i] for i in sorted(sample.tolist())]
+    n_frames, total, squares = 0, 0.0, 0.0
+    for i in range(0, len(stat_rows), 16):
+        tapped, frame_mask, _ = get_batch('train', stat_rows[i:i + 16])
+        for f, m in zip(tapped.double().cpu(), frame_mask.cpu()):
+            f = f[:, m]
+            n_frames, total, squares = n_frames + f.shape[1], total + f.sum(1), squares + (f * f).sum(1)
+    feature_mean = total / n_frames
+    feature_std = (squares / n_frames - feature_mean ** 2).clamp_min(1e-12).sqrt()
+    raw_model.adapter.feature_mean.copy_(feature_mean)
+    raw_model.adapter.feature_std.copy_(feature_std)
+    if master:
+        print(f"features standardized per channel over {len(stat_rows)} training clips ({n_frames} frames; "
+              f"channel std {feature_std.min():.3g} to {feature_std.max():.3g})")
 
 # the evaluation batches are fixed, so successive evaluations measure the same thing
 eval_batches = {split: make_batches(s['lengths'], epoch=-1)[:eval_iters] for split, s in splits.items()}
