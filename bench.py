@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, generation_dtype, load_model, shared_start, sized_config
+from model import DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, generation_dtype, load_model, prompt_start_length, sized_config
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
@@ -245,7 +245,7 @@ def train_way(model, way, n_steps):
     embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
     n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
     n_adapter = sum(p.numel() for p in model.adapter.parameters())
-    n_start = min(shared_start([p.prefix for p in pieces]), min(len(p.prefix) for p in pieces))
+    n_start = prompt_start_length(pieces)  # what DeSTA2.prompt_start encodes once
     n_target = sum(len(pieces[i].target) for k in range(n_steps) for i in batches[k % len(batches)])
     flops = (4 * n_body * (tokens - n_start * rows) + 4 * head.numel() * n_target
              + 6 * n_adapter * rows * len(model.config.tapped_layers) * model.config.n_queries)

@@ -372,7 +372,7 @@ class DeSTA2(nn.Module):
         per row. (0, None) when the rows share nothing or reuse_prompt_start is off (the published way)."""
         if not self.reuse_prompt_start:
             return 0, None
-        n = min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
+        n = prompt_start_length(pieces)
         if n == 0:
             return 0, None
         device_type = self.llm.device.type
@@ -493,6 +493,11 @@ def mask_and_positions(rows, pad_left, n_start=0):
 def shared_start(rows) -> int:
     """How many leading tokens all rows share, leaving each row at least one token of its own."""
     return min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
+
+
+def prompt_start_length(pieces) -> int:
+    """How many prompt tokens every row shares from the start (the speech slot is never part of them)."""
+    return min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
 
 
 @torch.no_grad()
