@@ -57,8 +57,9 @@ batch_size = 4  # rows per micro-batch
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all processes
 bucket_batches = 50  # batches are made of rows of similar length within random chunks of this many batches
 cache_features = True  # compute each clip's Whisper features once and keep them in memory (see the memory note below)
-standardize_features = False  # True: the adapter standardizes Whisper's channels with the training clips' statistics
-                              # (not in the published model; it made the CPU demo's adapter listen: README)
+standardize_features = True  # the adapter standardizes Whisper's channels with the training clips' statistics: a few
+                             # huge, near-constant channels otherwise drown the frames' differences (README). Not in the
+                             # published model (config/desta2_paper.py turns it off).
 feature_stats_clips = 1000  # without cache_features, the statistics come from a Whisper pass over this many of them
 # AdamW over the adapter's parameters
 lr = 1e-4  # peak learning rate

@@ -10,6 +10,7 @@ llm = 'meta-llama/Meta-Llama-3-8B-Instruct'
 tapped_layers = (2, 5, 8, 11)
 dropout = 0.1
 max_text_tokens = 200
+standardize_features = False  # the published adapter reads Whisper's blocks as they are
 
 # batch 8 per step (the paper's per-GPU batch) on one GPU. 10 epochs of the released 124,088 pairs:
 # ceil(124088 / 8) = 15,511 steps per epoch -> 155,110 steps. (With an effective batch of 64 on 8 GPUs:

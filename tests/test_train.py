@@ -140,12 +140,12 @@ def test_adapter_standardizes_with_the_training_clips_statistics(tiny_paths, dat
     for cached in (True, False):
         out = tmp_path / f"cache_{cached}"
         proc = run_train(out, "--batch_size=6", "--max_iters=1", "--eval_interval=1", f"--cache_features={cached}",
-                         "--standardize_features=True", whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
+                         whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)  # on by default
         assert f"features standardized per channel over 4 training clips ({frames.shape[1]} frames" in proc.stdout
         trained = load_model(adapter_path=str(out / "adapter.safetensors"), llm_dtype=torch.float32).adapter
         torch.testing.assert_close(trained.feature_mean.double(), frames.mean(1), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(trained.feature_std.double(), frames.std(1, correction=0), rtol=1e-4, atol=1e-4)
-    run_train(tmp_path / "off", "--batch_size=6", "--max_iters=1", "--eval_interval=1",  # off by default
+    run_train(tmp_path / "off", "--batch_size=6", "--max_iters=1", "--eval_interval=1", "--standardize_features=False",
               whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
     off = load_model(adapter_path=str(tmp_path / "off" / "adapter.safetensors"), llm_dtype=torch.float32).adapter
     assert (off.feature_mean == 0).all() and (off.feature_std == 1).all()
