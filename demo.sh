@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1  # the demo needs no model hub: the weights come from registry packages (setup.sh)
 # LLM=1.5b bash demo.sh: the same stages with Qwen2.5-Coder-1.5B-Instruct and 600 training steps, in their own
 # directories, at about 4x the time. Told a clip's metadata as text, the 0.5B LLM answers too few voice questions
-# right for the demo's bar and the 1.5B one nearly all (README, "The demo's knobs", and what 600 steps gave).
+# right for the demo's bar and the 1.5B one nearly all (README, "The demo's other knobs", and "With the 1.5B LLM").
 case ${LLM:=0.5b} in
   0.5b) NAME=demo TRAIN_CONFIGS=config/demo_cpu.py EVAL_CLIPS=16 ;;
   1.5b) NAME=demo-1.5b TRAIN_CONFIGS="config/demo_cpu.py config/demo_cpu_1.5b.py" EVAL_CLIPS=32 ;;
@@ -29,7 +29,7 @@ python3 prepare.py --out_dir=$DATA --n_clips=600
 step "generate_pairs: the frozen LLM describes each clip from its seed transcript -> $DATA/{train,val}_pairs.jsonl"
 # The paper asks one question, "What can you hear from the audio?". Qwen2.5-Coder-0.5B answers it about the content
 # and names the speaker's gender in about half of its replies; asked to describe the voice (the two instructions in
-# config/voice_instructions.txt), in nearly all (README, "The demo's knobs, measured").
+# config/voice_instructions.txt), in nearly all (README, "The demo's other knobs").
 python3 generate_pairs.py --data_dir=$DATA --llm=$LLM_DIR --batch_size=32 --max_new_tokens=96 --instructions=@config/voice_instructions.txt
 
 step "train: the Q-Former adapter -> $OUT/adapter.safetensors"

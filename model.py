@@ -1,7 +1,7 @@
 """
 The DeSTA2 speech language model in one file.
 
-    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks (optionally standardized per channel)
+    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks, standardized per channel
         -> Q-Former adapter (the only trained part) -> 64 vectors in the LLM's embedding space
         -> [64 speech vectors + Whisper's transcript] in the chat prompt of a frozen instruction-tuned LLM
 
@@ -116,7 +116,7 @@ class SpeechAdapter(nn.Module):
         # Whisper's residual stream has a few channels far larger than the rest and nearly the same in every clip
         # (per-channel std from 0.12 to 54 over the demo's whisper-base taps). They dominate the Q-Former's keys and
         # values, and the adapter learns a constant soft prompt. Standardized per channel with the training clips'
-        # statistics (train.py --standardize_features; saved with the adapter), the frames' differences get through.
+        # statistics (train.py sets them, unless --standardize_features=False; saved with the adapter), the frames' differences get through.
         # Zeros and ones, no change, until set. Not in the published model.
         self.register_buffer("feature_mean", torch.zeros(n_tapped, c.n_audio_state))
         self.register_buffer("feature_std", torch.ones(n_tapped, c.n_audio_state))

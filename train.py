@@ -58,8 +58,8 @@ gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over
 bucket_batches = 50  # batches are made of rows of similar length within random chunks of this many batches
 cache_features = True  # compute each clip's Whisper features once and keep them in memory (see the memory note below)
 standardize_features = True  # the adapter standardizes Whisper's channels with the training clips' statistics: a few
-                             # huge, near-constant channels otherwise drown the frames' differences (README). Not in the
-                             # published model (config/desta2_paper.py turns it off).
+                             # huge, near-constant channels otherwise drown the frames' differences (README, "Why
+                             # Whisper's channels are standardized"). Not in the published model (desta2_paper.py: off).
 feature_stats_clips = 1000  # without cache_features, the statistics come from a Whisper pass over this many of them
 # AdamW over the adapter's parameters
 lr = 1e-4  # peak learning rate
@@ -416,7 +416,7 @@ def estimate_loss():
     """Mean loss over the fixed evaluation batches of each split, dropout off; the batches are shared among the ranks.
     On listen_split also 'other_audio': the same rows with each row's speech taken from the next clip in its batch
     (rolled by one) while its transcript and target stay. The gap to the plain loss is what the speech vectors tell the
-    LLM beyond the transcript; near zero, the LLM is not listening (README, "With the 1.5B LLM")."""
+    LLM beyond the transcript; near zero, the LLM is not listening (README, "Why Whisper's channels are standardized")."""
     raw_model.eval()
     out = {}
     for split, batches in eval_batches.items():
