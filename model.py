@@ -116,8 +116,8 @@ class SpeechAdapter(nn.Module):
         # Whisper's residual stream has a few channels far larger than the rest and nearly the same in every clip
         # (per-channel std from 0.12 to 54 over the demo's whisper-base taps). They dominate the Q-Former's keys and
         # values, and the adapter learns a constant soft prompt. Standardized per channel with the training clips'
-        # statistics (train.py sets them, unless --standardize_features=False; saved with the adapter), the frames' differences get through.
-        # Zeros and ones, no change, until set. Not in the published model.
+        # statistics (train.py sets them, unless --standardize_features=False; saved with the adapter), the frames'
+        # differences get through. Zeros and ones, no change, until set. Not in the published model.
         self.register_buffer("feature_mean", torch.zeros(n_tapped, c.n_audio_state))
         self.register_buffer("feature_std", torch.ones(n_tapped, c.n_audio_state))
 
