@@ -207,11 +207,31 @@ def make_sentences(n, seed):
     return list(sentences)
 
 
-def hold_out(items, val_frac, test_frac, rng):
-    """Shuffle items and deal them whole to train/val/test (at least one each to val/test when asked for)."""
-    order = [items[k] for k in rng.permutation(len(items))]
+def deal(order, val_frac, test_frac):
+    """Deal items whole, in their order, to test, val, then train (at least one each to val/test when asked for)."""
     n_test, n_val = (max(1, round(f * len(order))) if f > 0 and len(order) > 2 else 0 for f in (test_frac, val_frac))
     return {'test': order[:n_test], 'val': order[n_test:n_test + n_val], 'train': order[n_test + n_val:]}
+
+
+def hold_out(items, val_frac, test_frac, rng):
+    """deal() in a random order."""
+    return deal([items[k] for k in rng.permutation(len(items))], val_frac, test_frac)
+
+
+def hold_out_voices(val_frac, test_frac, rng):
+    """Voices (gender, accent, pitch, speed) held out whole, the same number from every (gender, accent). Held out
+    at random, one accent's train voices could lean to one gender and its test voices to the other: the adapter
+    learns the accent as a gender cue and fails exactly there. Each group's held-out (pitch, speed) pairs are the
+    next ones of a shuffled cycle, so the held-out voices also spread over the pitch and speed levels."""
+    styles = [(p, s) for p in LEVELS['pitch'] for s in LEVELS['speed']]
+    cycle = [styles[k] for k in rng.permutation(len(styles))]
+    n_held = len(cycle) - len(deal(cycle, val_frac, test_frac)['train'])
+    voices = {'test': [], 'val': [], 'train': []}
+    for k, (gender, accent) in enumerate((g, a) for g in VARIANTS for a in ACCENTS):
+        start = k * n_held % len(cycle)
+        for name, part in deal(cycle[start:] + cycle[:start], val_frac, test_frac).items():
+            voices[name] += [(gender, accent, pitch, speed) for pitch, speed in part]
+    return voices
 
 
 def coverage_first(voices):
@@ -250,8 +270,8 @@ def plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed):
     level still occurs in train. Volume, noise and the espeak variant (the "speaker") vary per clip."""
     rng = np.random.default_rng([seed, 1])
     sentences = hold_out(make_sentences(n_sentences, seed), val_frac, test_frac, rng)
-    all_voices = [(g, a, p, s) for g in VARIANTS for a in ACCENTS for p in LEVELS['pitch'] for s in LEVELS['speed']]
-    voices = hold_out(all_voices, val_frac, test_frac, rng)
+    voices = hold_out_voices(val_frac, test_frac, rng)
+    all_voices = sum(voices.values(), [])
     if any({v[k] for v in voices['train']} != {v[k] for v in all_voices} for k in range(4)):
         raise ValueError('the held-out voices took every instance of some level; lower --val_frac/--test_frac')
     splits, seqs = [split_of_clip(i, val_frac, test_frac) for i in range(n_clips)], {}

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,23 @@ def test_tiny_plan_still_has_every_level_in_train(seed):
     for key, levels in dict(P.LEVELS, gender=P.VARIANTS, accent=P.ACCENTS).items():
         assert {j[key] for j in train} == set(levels), key
     assert jobs[:6] == P.plan_synthetic(6, 40, 0.1, 0.1, seed)  # a smaller plan is a prefix: --n_clips only appends
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_every_gender_and_accent_keeps_the_same_voices_in_each_split(seed):
+    voices = P.hold_out_voices(0.1, 0.1, np.random.default_rng(seed))
+    groups = [(g, a) for g in P.VARIANTS for a in P.ACCENTS]
+    for name, n in (('train', 7), ('val', 1), ('test', 1)):  # of the 3 x 3 (pitch, speed) pairs per group
+        assert Counter(v[:2] for v in voices[name]) == {ga: n for ga in groups}, name
+    for name in ('val', 'test'):  # the held-out (pitch, speed) pairs go round all nine before any repeats
+        assert len({v[2:] for v in voices[name]}) == len(groups)
+    assert len(set(sum(voices.values(), []))) == len(groups) * 9
+    # and so the clips: no accent's train or test clips lean to one gender (each voice is drawn as often as any
+    # other, give or take one clip, so the groups differ by at most one clip per voice: 7 in train, 1 in test)
+    jobs = P.plan_synthetic(600, 400, 0.1, 0.1, seed)
+    for split, n in (('train', 7), ('test', 1)):
+        per_group = Counter((j['gender'], j['accent']) for j in jobs if j['split'] == split)
+        assert len(per_group) == len(groups) and max(per_group.values()) - min(per_group.values()) <= n, split
 
 
 def test_manifest_rows_and_wavs(synth):
