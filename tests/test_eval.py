@@ -88,6 +88,12 @@ def test_instances_vary_wording_deterministically_and_list_options():
     assert sorted(i.label for i in matching) == ["no"] * 6 + ["yes"] * 6
     limited, _ = ev.build_instances(rows, ["gender"], limit=3, if_limit=9, seed=1)
     assert len([i for i in limited if i.task == "gender"]) == 3
+    # a limit keeps each value about equally often, however the seeded shuffle happens to fall
+    skewed = [dict(r, gender="Male" if k < 3 else "Female") for k, r in enumerate(rows)]  # 3 male, 9 female
+    for seed in range(5):
+        labels = [i.label for i in ev.build_instances(skewed, ["gender", "pitch"], limit=4, seed=seed)[0]]
+        assert sorted(labels[:4]) == ["female", "female", "male", "male"]
+        assert sorted(labels[4:]) == ["low", "low", "low", "very high"]  # a value with fewer rows: all of them, the rest filled
     assert {i.rule[0] for i in limited if i.task == "ifeval"} == set(list(ev.FORMAT_RULES)[:9])
 
 
