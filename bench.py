@@ -50,10 +50,13 @@ dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (
 n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
 batch_size = 4  # training rows per step
 n_train_steps = 3  # timed training steps per way
-warmup = 1  # untimed steps / calls per way before timing
+warmup = 1  # untimed passes over the timed work (the same batches and clips) per way before timing: on CUDA the first
+            # run of each new shape picks its kernels (cuDNN attention, cuBLAS); on an H200 at the paper's shapes a first
+            # pass over 3 training steps ran 3.4-5.2x slower than the second
 max_new_tokens = 32  # greedy, both ways
 draft_tokens = 10  # ours: prompt-lookup drafts per step for the single clip (model.llm_decode); 0 = plain decoding
 skip_training = False
+profile = False  # print torch.profiler's costliest ops over each way's timed training steps (timed with the profiler on)
 skip_inference = False
 memory = True  # peak memory per (phase, way) in subprocesses; False = skip (n/a)
 peak_flops = 989e12  # for MFU on CUDA: H100 dense bf16
@@ -127,7 +130,7 @@ train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_aut
 cache_dtype = torch.float32 if train_dtype == 'float32' else torch.bfloat16
 if num_threads > 0:
     torch.set_num_threads(num_threads)
-for name in (whisper, llm, adapter):
+for name in (llm, adapter) + (() if random_whisper else (whisper,)):  # random weights: only --llm's tokenizer is read
     if name and not os.path.exists(name) and name.startswith(('weights', '.', '/', '~')):
         sys.exit(f"error: {name} not found (run `python get_weights.py`, or pass --whisper=... --llm=...)")
 
@@ -227,15 +230,23 @@ def train_way(model, way, n_steps):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for k in range(warmup):
-        step(batches[(n_steps + k) % len(batches)])
+    for _ in range(warmup):
+        for k in range(n_steps):
+            step(batches[k % len(batches)])
     frames, rows, tokens = [], 0, 0
     hook = watch_frames(model, frames)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == 'cuda' else [])
+    profiler = torch.profiler.profile(activities=activities) if profile else contextlib.nullcontext()
     t0 = clock()
-    for k in range(n_steps):
-        step(batches[k % len(batches)])
+    with profiler:
+        for k in range(n_steps):
+            step(batches[k % len(batches)])
     seconds = clock() - t0
     hook.remove()
+    if profile:  # the ops that take the GPU's time on CUDA; on a CPU, or when Python's launches outlast the GPU, the CPU's
+        for key in ('self_cuda_time_total', 'self_cpu_time_total') if device_type == 'cuda' else ('self_cpu_time_total',):
+            print(f"{way}: the timed training steps by {key}\n" +
+                  profiler.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50), flush=True)
     for k in range(n_steps):
         rows += len(batches[k % len(batches)])
         tokens += sum(n_text[i] + model.config.n_queries for i in batches[k % len(batches)])
@@ -252,7 +263,7 @@ def train_way(model, way, n_steps):
     return dict(rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
 
 
-def infer_way(model, way, batch_too=True):
+def infer_way(model, way):
     """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
     model.pad_to_30s = way == 'published'
     model.reuse_prompt_start = way == 'ours'
@@ -275,12 +286,12 @@ def infer_way(model, way, batch_too=True):
 
     hook = watch_frames(model, frames)
     model.transcribe = timed_transcribe
+    batch = (list(range(len(audios))), len(audios) if way == 'ours' else 1)
     for _ in range(warmup):
         run([single_clip], 1)
+        run(*batch)
     del frames[:]
-    out = dict(single=run([single_clip], 1))
-    if batch_too:
-        out['batch'] = run(list(range(len(audios))), len(audios) if way == 'ours' else 1)
+    out = dict(single=run([single_clip], 1), batch=run(*batch))
     del model.transcribe
     hook.remove()
     out['frames'] = frames

@@ -69,7 +69,7 @@ def test_random_weights_of_given_shapes(tiny_paths, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), str(shapes), f"--llm={tiny_paths[1]}", "--device=cpu",
                            "--n_clips=2", "--batch_size=2", "--n_train_steps=1", "--skip_inference", "--memory=False",
-                           "--dtype=float32", "--enforce=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--dtype=float32", "--enforce=False", "--profile=True", "--whisper=weights/none.pt"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     from transformers import AutoTokenizer
     n_vocab = len(AutoTokenizer.from_pretrained(tiny_paths[1]))
@@ -78,6 +78,10 @@ def test_random_weights_of_given_shapes(tiny_paths, tmp_path):
     m = re.search(r"^parameters: Whisper ([\d,]+), LLM ([\d,]+), adapter ([\d,]+)$", proc.stdout, re.M)
     assert m and int(m[2].replace(',', '')) == llama, proc.stdout
     assert re.search(r"^\| train clips/s +\| +[\d.]+ \|", proc.stdout, re.M), proc.stdout
+    # --whisper is not read with random weights; --profile prints each way's costliest ops
+    for way in ("ours", "published"):
+        table = proc.stdout.split(f"{way}: the timed training steps by self_cpu_time_total")[1]
+        assert table.split("Self CPU time total")[0].count("aten::") >= 10, proc.stdout
 
     shapes.write_text("random_llama = dict(hidden_size=40)\n")  # one without the other is refused
     proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), str(shapes), f"--llm={tiny_paths[1]}", "--device=cpu"],

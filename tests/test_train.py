@@ -60,10 +60,11 @@ def data_dir(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("pairs"))
 
 
-def run_train(out_dir, *args, whisper, llm, data_dir, nproc=1, expect_rc=0):
+def run_train(out_dir, *args, whisper, llm, data_dir, nproc=0, expect_rc=0):
+    """train.py in a subprocess, as python (nproc=0) or under torchrun with nproc processes."""
     base = [f"--whisper={whisper}", f"--llm={llm}", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--device=cpu",
             "--dtype=float32", "--num_threads=1", "--eval_iters=1", "--log_interval=1", "--warmup_iters=2", *args]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launcher + [str(ROOT / "train.py"), *base], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect_rc, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -228,3 +229,21 @@ def test_clear_errors_for_missing_pairs_and_weights(tiny_paths, data_dir, tmp_pa
     assert "get_weights.py" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_train(tmp_path, "--gradient_accumulation_steps=three", data_dir=data_dir, **kw)
     assert "expects a int" in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,compile,nproc", [("bfloat16", False, 0), ("float16", False, 0), ("bfloat16", True, 0),
+                                                 ("bfloat16", False, 1)])
+def test_cuda_mixed_precision_compile_and_nccl(dtype, compile, nproc, tiny_paths, steerable_llm, data_dir, tmp_path):
+    """The paths a CPU run never takes: autocast in bf16 or fp16 on CUDA, the GradScaler (fp16 only), the fused AdamW,
+    torch.compile of the adapter, DDP over NCCL (torchrun with one process: NCCL allows one rank per GPU). The adapter
+    must overfit as it does on the CPU in fp32, and an fp16 checkpoint must carry the scaler's state for the resume."""
+    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=30", "--lr=3e-3", "--lr_decay_iters=30", "--min_lr=3e-4",
+                     "--eval_interval=10", "--device=cuda", f"--dtype={dtype}", f"--compile={compile}", nproc=nproc,
+                     whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == list(range(30)) and losses[29] < 0.5 * losses[0], losses
+    assert "device cuda" in proc.stdout and f"{dtype}, 1 process(es)" in proc.stdout and "non-finite" not in proc.stderr
+    assert ("compiling the adapter" in proc.stdout) == compile
+    scaler = torch.load(tmp_path / "ckpt.pt", weights_only=False)["scaler"]
+    assert ("scale" in scaler) == (dtype == "float16"), scaler
