@@ -69,7 +69,8 @@ def test_random_weights_of_given_shapes(tiny_paths, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), str(shapes), f"--llm={tiny_paths[1]}", "--device=cpu",
                            "--n_clips=2", "--batch_size=2", "--n_train_steps=1", "--skip_inference", "--memory=False",
-                           "--dtype=float32", "--enforce=False", "--profile=True", "--whisper=weights/none.pt"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--dtype=float32", "--enforce=False", "--profile=True", "--whisper=weights/none.pt"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     from transformers import AutoTokenizer
     n_vocab = len(AutoTokenizer.from_pretrained(tiny_paths[1]))

@@ -92,9 +92,12 @@ def reference_run(tiny_paths, steerable_llm, data_dir, tmp_path_factory):
     return out
 
 
+# 30 steps over all 6 training rows at once: enough for the adapter alone to steer the steerable LLM to the targets
+OVERFIT = ["--batch_size=6", "--max_iters=30", "--lr=3e-3", "--lr_decay_iters=30", "--min_lr=3e-4", "--eval_interval=10"]
+
+
 def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_llm, data_dir, tmp_path):
-    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=30", "--lr=3e-3", "--lr_decay_iters=30", "--min_lr=3e-4",
-                     "--eval_interval=10", whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    proc = run_train(tmp_path, *OVERFIT, whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     losses = train_losses(tmp_path)
     assert sorted(losses) == list(range(30))
     assert losses[29] < 0.5 * losses[0], losses  # the adapter alone steers the frozen LLM to the fixed targets
@@ -238,8 +241,7 @@ def test_cuda_mixed_precision_compile_and_nccl(dtype, compile, nproc, tiny_paths
     """The paths a CPU run never takes: autocast in bf16 or fp16 on CUDA, the GradScaler (fp16 only), the fused AdamW,
     torch.compile of the adapter, DDP over NCCL (torchrun with one process: NCCL allows one rank per GPU). The adapter
     must overfit as it does on the CPU in fp32, and an fp16 checkpoint must carry the scaler's state for the resume."""
-    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=30", "--lr=3e-3", "--lr_decay_iters=30", "--min_lr=3e-4",
-                     "--eval_interval=10", "--device=cuda", f"--dtype={dtype}", f"--compile={compile}", nproc=nproc,
+    proc = run_train(tmp_path, *OVERFIT, "--device=cuda", f"--dtype={dtype}", f"--compile={compile}", nproc=nproc,
                      whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     losses = train_losses(tmp_path)
     assert sorted(losses) == list(range(30)) and losses[29] < 0.5 * losses[0], losses
