@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -329,3 +330,18 @@ def test_unreachable_server_names_the_url(tiny_paths, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach the OpenAI-compatible server" in err and api_base in err
     assert not (tmp_path / "train_pairs.jsonl").exists()
+
+
+def test_demo_training_questions_are_not_eval_questions():
+    """demo.sh trains on the questions of its instruction files, and eval.py scores the adapter on its own QUESTIONS: a
+    training question holding one of eval.py's would teach the test's wording, not the hearing. (Its 'chat' questions
+    are left out: they start with the paper's training question, and no score of the demo's bar comes from them.)"""
+    import eval as ev
+    files = sorted(set(re.findall(r"config/voice_\w+\.txt", (ROOT / "demo.sh").read_text())))
+    assert files == ["config/voice_instructions.txt", "config/voice_questions.txt"]
+    plain = lambda text: " " + " ".join(re.findall(r"[a-z']+", text.lower())) + " "  # words, compared whole
+    scored = [plain(max(q.split("{text}"), key=len)) for task, questions in ev.QUESTIONS.items() if task != "chat"
+              for q in questions]
+    for name in files:
+        for instruction in gp.parse_instructions("@" + str(ROOT / name)):
+            assert not [q for q in scored if q in plain(instruction)], f"{name}: {instruction!r} asks eval.py's question"
