@@ -174,14 +174,15 @@ def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference
 
 def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
     """torchrun with 2 CPU processes (gloo), each running 2 of the step's 4 micro-batches, follows the 1-process run, and
-    only rank 0 writes. Not bit for bit: the gradient all-reduce adds in another order (measured: losses within 6e-6,
-    weights within 7e-6), so the tolerance is 5e-5 on both. The attention key biases are left out of the weight check:
+    only rank 0 writes. Not bit for bit: the gradient all-reduce adds in another order, and Adam grows the difference
+    step by step (measured: losses within 6e-6 on one machine, 5.8e-5 at step 8 on another), so the tolerance is 2e-4
+    on both; a real fault (gradients summed instead of averaged, a rank's micro-batches lost) moves them far more. The attention key biases are left out of the weight check:
     softmax ignores them, so their true gradient is 0 and Adam turns the rounding noise they get into steps of +-lr."""
     proc = run_train(tmp_path, *SHARED, "--max_iters=8", nproc=2, whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     one, two = train_losses(reference_run), train_losses(tmp_path)
     assert sorted(two) == sorted(one) == list(range(8))
     for it in one:
-        assert abs(one[it] - two[it]) < 5e-5, (it, one[it], two[it])
+        assert abs(one[it] - two[it]) < 2e-4, (it, one[it], two[it])
     assert "2 process(es)" in proc.stdout
     assert proc.stdout.count("iter 7: loss") == 1 and proc.stdout.count("overriding: max_iters") == 1
     assert proc.stderr.count("missing.wav") == 1
@@ -189,7 +190,7 @@ def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_
     reference = torch.load(reference_run / "ckpt.pt", weights_only=False)["adapter"]
     for name, tensor in torch.load(tmp_path / "ckpt.pt", weights_only=False)["adapter"].items():
         if not name.endswith("key.bias"):
-            torch.testing.assert_close(tensor, reference[name], atol=5e-5, rtol=0, msg=name)
+            torch.testing.assert_close(tensor, reference[name], atol=2e-4, rtol=0, msg=name)
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_paths, data_dir, tmp_path, monkeypatch, capsys):
