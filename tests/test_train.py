@@ -177,7 +177,8 @@ def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_
     only rank 0 writes. Not bit for bit: the gradient all-reduce adds in another order, and Adam grows the difference
     step by step (measured: losses within 6e-6 on one machine, 5.8e-5 at step 8 on another), so the tolerance is 2e-4
     on both. A real fault moves them far more: with every rank running rank 0's micro-batches, the first loss is off by
-    0.2. The attention key biases are left out of the weight check: softmax ignores them, so their true gradient is 0 and Adam turns the rounding noise they get into steps of +-lr."""
+    0.2. The attention key biases are left out of the weight check: softmax ignores them, so their true gradient is 0
+    and Adam turns the rounding noise they get into steps of +-lr."""
     proc = run_train(tmp_path, *SHARED, "--max_iters=8", nproc=2, whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     one, two = train_losses(reference_run), train_losses(tmp_path)
     assert sorted(two) == sorted(one) == list(range(8))
