@@ -346,9 +346,12 @@ def main(cfg):
         others = {p.get('pair_model') for p in existing} - {pair_model}
         if others:
             die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
-        stale = {p.get('instruction') for p in existing} - set(choices)
-        if stale:
-            die(f"{out_path} holds pairs for the instruction {stale.pop()!r}, not in --instructions: "
+        # each row's instruction is a hash of its id modulo the list's length: a list with one instruction more or
+        # less reassigns most rows, and resuming would mix pairs of two lists
+        moved = [p for p in existing if p.get('instruction') != pick_instruction(p['audio_id'], choices)]
+        if moved:
+            die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
+                f"{moved[0].get('instruction')!r}, these give it {pick_instruction(moved[0]['audio_id'], choices)!r}): "
                 "move it away, use another --data_dir, or pass the instructions it was made with")
         done = {p['audio_id'] for p in existing}
         items = []

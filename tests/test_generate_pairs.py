@@ -175,7 +175,12 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
     assert f"holds pairs from '{tiny_paths[1]}'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # nor pairs made for an instruction no longer asked
         run(tmp_path, tiny_paths[1], instructions="Describe the speaker's voice.")
-    assert "holds pairs for the instruction 'What can you hear from the audio?'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was asked 'What can you hear from the audio?', these give it \"Describe the speaker's voice.\"" in err
+    with pytest.raises(SystemExit):  # nor, with one instruction added, pairs whose rows the longer list asks another
+        run(tmp_path, tiny_paths[1], instructions="What can you hear from the audio?|Describe the speaker's voice.")
+    assert "pairs made with other --instructions" in capsys.readouterr().err
+    assert read(out) == again
 
 
 def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):
