@@ -15,6 +15,7 @@ ckpt.pt (everything needed to resume exactly: adapter, optimizer, scaler, iterat
 and log.jsonl (one JSON object per log line). Exit codes: 0 done, 2 bad input or config, 3 diverged.
 """
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -264,6 +265,10 @@ for split, s in splits.items():
                     for r, p in zip(good, s['pieces'])]
 if not splits['train']['rows']:
     die(f"no usable rows in {pairs_files['train']}")
+# what the training rows say, so that a resume can tell the same data from grown or changed data. Audio paths are taken
+# relative to data_dir: a moved data directory holds the same data.
+train_rows_sha256 = hashlib.sha256(json.dumps([(os.path.relpath(r['audio'], data_dir), r['transcript'], r['instruction'],
+                                                r['target']) for r in splits['train']['rows']]).encode()).hexdigest()
 if 'val' in splits and not splits['val']['rows']:
     del splits['val']
 if master:
@@ -349,13 +354,21 @@ if {id(p) for g in optimizer.param_groups for p in g['params']} != {id(p) for p 
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
 iter_num, best_val_loss, epoch, batch_in_epoch = 0, float('inf'), 0, 0
 if init_from == 'resume':
+    # Continuing on other rows (a corpus grown by prepare.py --n_clips, pairs made with other instructions) would give a
+    # run that is neither the old one nor a fresh one on the new data, and its schedule and data order would not fit.
+    # Checkpoints written before the fingerprint existed are compared by their row count only.
+    saved = checkpoint['data']
+    n_rows = len(splits['train']['rows'])
+    if saved['n_train_rows'] != n_rows or saved.get('train_rows_sha256', train_rows_sha256) != train_rows_sha256:
+        die(f"{ckpt_path} was trained on other rows than {pairs_files['train']} holds now ({saved['n_train_rows']} then, "
+            f"{n_rows} now): train from scratch instead (delete {out_dir} or pass another --out_dir)")
+    if saved['batch_size'] != batch_size:
+        warn(f"batch_size was {saved['batch_size']} in the checkpoint: the data order will not continue exactly")
     raw_model.adapter.load_weights(checkpoint['adapter'])
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-    epoch, batch_in_epoch = checkpoint['data']['epoch'], checkpoint['data']['batch_in_epoch']
-    if checkpoint['data']['n_train_rows'] != len(splits['train']['rows']) or checkpoint['data']['batch_size'] != batch_size:
-        warn("the training rows or batch_size changed since the checkpoint: the data order will not continue exactly")
+    epoch, batch_in_epoch = saved['epoch'], saved['batch_in_epoch']
     rng = checkpoint['rng']
     torch.set_rng_state(rng['torch'])
     np.random.set_state(rng['numpy'])
@@ -404,7 +417,7 @@ def save_checkpoint():
         'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
         'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
         'data': {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'seed': seed, 'batch_size': batch_size,
-                 'n_train_rows': len(splits['train']['rows'])},
+                 'n_train_rows': len(splits['train']['rows']), 'train_rows_sha256': train_rows_sha256},
         'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(),
                 'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else None},
     }

@@ -2,6 +2,7 @@
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 
@@ -160,8 +161,9 @@ def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference
     (tolerance 0 on CPU fp32: same ops, same data order, the optimizer and RNG states restored)."""
     kw = dict(whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     run_train(tmp_path, *SHARED, "--max_iters=4", **kw)
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["data"] == {
-        "epoch": 5, "batch_in_epoch": 1, "seed": 1337, "batch_size": 2, "n_train_rows": 6}
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)["data"]
+    assert len(saved.pop("train_rows_sha256")) == 64
+    assert saved == {"epoch": 5, "batch_in_epoch": 1, "seed": 1337, "batch_size": 2, "n_train_rows": 6}
     proc = run_train(tmp_path, *SHARED, "--max_iters=8", "--init_from=resume", **kw)
     assert "resuming from" in proc.stdout
     assert train_losses(tmp_path) == train_losses(reference_run)
@@ -170,6 +172,22 @@ def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference
     assert resumed["iter_num"] == reference["iter_num"] == 8
     for name, tensor in reference["adapter"].items():
         assert torch.equal(resumed["adapter"][name], tensor), name
+
+
+def test_resume_refuses_other_training_rows(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
+    """The same rows in a moved directory resume; a changed row stops the resume with an error naming the checkpoint
+    and the pairs file, and the checkpoint stays as it was (continuing on other data is neither run)."""
+    kw = dict(whisper=tiny_paths[0], llm=steerable_llm)
+    moved, out = tmp_path / "moved", tmp_path / "out"
+    shutil.copytree(data_dir, moved)
+    shutil.copytree(reference_run, out)
+    assert "resuming from" in run_train(out, *SHARED, "--max_iters=9", "--init_from=resume", data_dir=moved, **kw).stdout
+    before = (out / "ckpt.pt").read_bytes()
+    pairs = moved / "train_pairs.jsonl"
+    pairs.write_text(pairs.read_text().replace(TARGETS[1], "a male voice, low and slow"))
+    proc = run_train(out, *SHARED, "--max_iters=10", "--init_from=resume", data_dir=moved, expect_rc=2, **kw)
+    assert f"{out / 'ckpt.pt'} was trained on other rows than {pairs} holds now (6 then, 6 now)" in proc.stderr
+    assert (out / "ckpt.pt").read_bytes() == before
 
 
 def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
