@@ -2,7 +2,8 @@
 #   python train.py config/demo_cpu.py config/demo_cpu_1.5b.py --data_dir=data/demo-1.5b --out_dir=out/demo-1.5b
 # A step of 4 rows takes about 7 s on 2 CPU cores instead of 3. 900 steps on demo.sh's 1200 clips (3.75 epochs), 105
 # minutes here: lower validation loss than 600 and a better accent; gender on 120 held-out clips was 84.2 from
-# scratch against 86.7 and 87.8 for two 600-step runs, within run-to-run spread (README, "With the 1.5B LLM").
+# scratch against 86.7 and 87.8 for two 600-step runs, within run-to-run spread; 1800 clips gave 81.6, so more data
+# is not the knob past 1200 (EXPERIMENTS.md, "How the 1.5B demo's size was found").
 llm = 'weights/qwen2.5-coder-1.5b-instruct'
 max_iters = 900
 lr_decay_iters = 900
