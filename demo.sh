@@ -52,8 +52,8 @@ step "sample: one held-out clip"
 CLIP=$(python3 -c "import json; r = json.loads(open('$DATA/test.jsonl').readline()); print('$DATA/' + r['audio_filepath']); print(r['seed_transcript'])")
 echo "clip and its metadata: $CLIP"
 # not the paper's "What can you hear from the audio?": told a clip's metadata as text, the 1.5B LLM answers it "I cannot
-# hear any audio" for many clips, and the 1.5B demo's adapter did so for this one (EXPERIMENTS.md, "The training
-# questions")
+# hear any audio" for many clips, and the 1.5B demo's adapter did so for this one (EXPERIMENTS.md, "How the
+# 1.5B demo's size was found": "The training questions" and the paragraph after "More short questions")
 python3 sample.py --audio="$(echo "$CLIP" | head -1)" --adapter=$OUT/adapter.safetensors --prompt="Describe the speaker's voice."
 
 step "done"
