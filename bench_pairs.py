@@ -91,7 +91,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 tokenizer = AutoTokenizer.from_pretrained(llm)
 model = gp.load_llm(llm, device, llm_dtype)
-choices = gp.parse_instructions(instructions)
+choices = [i for group in gp.parse_instructions(instructions) for i in group]  # one prompt per item, from every group
 items = []
 for k, text in enumerate(seed_transcripts(n_prompts, random.Random(seed))):
     instruction = gp.pick_instruction(f"bench{k:02d}", choices)

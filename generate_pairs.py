@@ -10,18 +10,20 @@ the instruction ("What can you hear from the audio?") about it, and its own repl
 Sharded over several processes or machines (each writes its own file, {split}_pairs.shard{i}of{n}.jsonl):
 
     for i in 0 1 2 3; do python generate_pairs.py --shard=$i/4 & done; wait
-    python generate_pairs.py --merge_shards=4       # -> {split}_pairs.jsonl in manifest order, checked complete
+    python generate_pairs.py --merge_shards=4       # -> {split}_pairs.jsonl in manifest order, checked complete for
+                                                    #    the --instructions given (the shards' own)
     # (a plain `cat data/synth/train_pairs.shard*of4.jsonl > data/synth/train_pairs.jsonl` also works: shards are disjoint)
 
-Resumable: output is appended and fsync'd batch by batch; a rerun skips the audio_ids already written and drops a line
-cut short by a kill, so a run killed at any moment and started again loses at most the batch in flight. Run one process
-per output file. Output rows are the manifest rows plus instruction, input (the rendered prompt), target and pair_model,
-in the order they were generated (longest prompts first), not manifest order.
+Resumable: output is appended and fsync'd batch by batch; a rerun skips the (audio_id, instruction) pairs already
+written and drops a line cut short by a kill, so a run killed at any moment and started again loses at most the batch
+in flight. Run one process per output file. Output rows are the manifest rows plus instruction, input (the rendered
+prompt), target and pair_model, in the order they were generated (longest prompts first), not manifest order.
 """
 import hashlib
 import http.client
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -42,7 +44,8 @@ api_key = ''  # http backend: sent as a bearer token when set
 concurrency = 8  # http backend: requests in flight
 max_retries = 5  # http backend: retries per request on connection errors and 5xx/429, with exponential backoff
 request_timeout = 600.0  # http backend: seconds per request
-instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one, by a hash of its audio_id
+instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one, by a hash of its audio_id.
+# Groups ('||' between them; an empty line in the file) give each row one pair per group: config/voice_questions.txt
 batch_size = 16  # local backend: prompts per batch
 max_new_tokens = 128
 temperature = 0.0  # 0 = greedy
@@ -75,19 +78,30 @@ def parse_shard(text):
 
 
 def parse_instructions(text):
+    """A list of groups, each a list of instructions."""
     if text.startswith('@'):
         with open(text[1:]) as f:
-            found = [line.strip() for line in f if line.strip()]
+            groups = [g.split('\n') for g in re.split(r'\n\s*\n', f.read())]
     else:
-        found = [s.strip() for s in text.split('|') if s.strip()]
-    if not found:
+        groups = [g.split('|') for g in text.split('||')]
+    groups = [[s.strip() for s in g if s.strip()] for g in groups]
+    groups = [g for g in groups if g]
+    if not groups:
         die(f"no instructions in {text!r}")
-    return found
+    return groups
 
 
 def pick_instruction(audio_id, choices):
     """The same instruction for a row on every run and machine (Python's hash() is salted per process)."""
     return choices[int(hashlib.sha256(str(audio_id).encode()).hexdigest(), 16) % len(choices)]
+
+
+def row_instructions(audio_id, groups):
+    """A row's instructions, one from each group; the first group's pick does not depend on the others, so adding a
+    group to a list keeps the pairs already made with it. Every group is picked with the same hash: groups whose sizes
+    share a factor pair their instructions up (4 and 2: the first and third of four always go with the first of two),
+    sizes without one (5 and 2) are drawn independently."""
+    return list(dict.fromkeys(pick_instruction(audio_id, g) for g in groups))
 
 
 def output_path(data_dir, split, i, n):
@@ -124,8 +138,8 @@ def read_manifest(path, i=0, n=1):
 
 
 def read_pairs(path):
-    """The complete, distinct rows of an output file. A line cut short by a kill (or repeated) is dropped and the file
-    rewritten without it (atomically), so appending can go on from a clean end."""
+    """The complete, distinct (audio_id, instruction) rows of an output file. A line cut short by a kill (or repeated) is
+    dropped and the file rewritten without it (atomically), so appending can go on from a clean end."""
     if not os.path.exists(path):
         return []
     with open(path, 'rb') as f:
@@ -134,11 +148,12 @@ def read_pairs(path):
     for line in data.splitlines():
         try:
             row = json.loads(line)
-            if row['audio_id'] in seen or 'target' not in row:
+            key = (row['audio_id'], row['instruction'])
+            if key in seen or 'target' not in row:
                 continue
         except (ValueError, KeyError, TypeError):
             continue
-        seen.add(row['audio_id'])
+        seen.add(key)
         rows.append(row)
         kept.append(line + b'\n')
     clean = b''.join(kept)
@@ -289,19 +304,24 @@ def http_replies(items, cfg, model_name):
 # -----------------------------------------------------------------------------
 
 
-def merge(cfg, split, n):
+def merge(cfg, split, n, groups):
     manifest, _ = read_manifest(os.path.join(cfg['data_dir'], f"{split}.jsonl"))
     pairs = {}
     for i in range(n):
         path = output_path(cfg['data_dir'], split, i, n)
         if not os.path.exists(path):
             die(f"{path} not found: run shard {i}/{n} first")
-        pairs.update((p['audio_id'], p) for p in read_pairs(path))
+        pairs.update(((p['audio_id'], p['instruction']), p) for p in read_pairs(path))
+    wanted = [(r['audio_id'], instruction) for r in manifest for instruction in row_instructions(r['audio_id'], groups)]
+    unasked = sorted(set(pairs) - set(wanted))
+    if unasked:
+        die(f"{split}: the shards hold {len(unasked)} pairs that the manifest and --instructions do not ask for (e.g. "
+            f"{unasked[0]!r}): merge with the --instructions the shards were made with")
     if cfg['limit'] == 0:
-        missing = [r['audio_id'] for r in manifest if r['audio_id'] not in pairs]
+        missing = [key for key in wanted if key not in pairs]
         if missing:
-            die(f"{split}: {len(missing)} manifest rows have no pair yet (e.g. {missing[0]!r}): finish the shards first")
-    ordered = [pairs[r['audio_id']] for r in manifest if r['audio_id'] in pairs]
+            die(f"{split}: {len(missing)} pairs have not been made yet (e.g. {missing[0]!r}): finish the shards first")
+    ordered = [pairs[key] for key in wanted if key in pairs]
     out = output_path(cfg['data_dir'], split, 0, 1)
     write_atomically(out, b''.join(json.dumps(p, ensure_ascii=False).encode() + b'\n' for p in ordered))
     print(f"{split}: merged {len(ordered)} pairs from {n} shards -> {out}", file=sys.stderr)
@@ -316,15 +336,15 @@ def main(cfg):
         path = os.path.join(cfg['data_dir'], f"{split}.jsonl")
         if not os.path.exists(path):
             die(f"manifest {path} not found: run `python prepare.py` first (or set --data_dir / --splits)", 2)
+    groups = parse_instructions(cfg['instructions'])
     if cfg['merge_shards']:
         for split in split_names:
-            merge(cfg, split, cfg['merge_shards'])
+            merge(cfg, split, cfg['merge_shards'], groups)
         return
     if cfg['backend'] not in ('local', 'http'):
         die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
     if cfg['llm_dtype'] != 'auto' and cfg['llm_dtype'] not in DTYPES:
         die(f"--llm_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg['llm_dtype']!r}")
-    choices = parse_instructions(cfg['instructions'])
 
     from transformers import AutoTokenizer
 
@@ -348,18 +368,16 @@ def main(cfg):
             die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
         # each row's instruction is a hash of its id modulo the list's length: a list with one instruction more or
         # less reassigns most rows, and resuming would mix pairs of two lists
-        moved = [p for p in existing if p.get('instruction') != pick_instruction(p['audio_id'], choices)]
+        moved = [p for p in existing if p['instruction'] not in row_instructions(p['audio_id'], groups)]
         if moved:
+            asked = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))
             die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
-                f"{moved[0].get('instruction')!r}, these give it {pick_instruction(moved[0]['audio_id'], choices)!r}): "
+                f"{moved[0]['instruction']!r}, these give it {asked}): "
                 "move it away, use another --data_dir, or pass the instructions it was made with")
-        done = {p['audio_id'] for p in existing}
-        items = []
-        for row in rows:
-            if row['audio_id'] not in done:
-                instruction = pick_instruction(row['audio_id'], choices)
-                items.append({**row, 'instruction': instruction,
-                              'input': render_prompt(tokenizer, row['seed_transcript'], instruction)})
+        done = {(p['audio_id'], p['instruction']) for p in existing}
+        asked = [(row, instruction) for row in rows for instruction in row_instructions(row['audio_id'], groups)]
+        items = [{**row, 'instruction': instruction, 'input': render_prompt(tokenizer, row['seed_transcript'], instruction)}
+                 for row, instruction in asked if (row['audio_id'], instruction) not in done]
         replies = (http_replies(items, cfg, pair_model) if cfg['backend'] == 'http'
                    else local_replies(items, cfg, model, tokenizer))
         t0, n_new, n_tokens = time.time(), 0, 0
@@ -380,7 +398,7 @@ def main(cfg):
                 bar.close()
                 die(f"{e} ({n_new} new pairs of {split} were saved to {out_path}; rerun to go on)")
         elapsed = max(time.time() - t0, 1e-9)
-        print(f"{split}: {n_new} new pairs, {len(rows) - len(items)} already done, {n_bad} bad manifest rows skipped "
+        print(f"{split}: {n_new} new pairs, {len(asked) - len(items)} already done, {n_bad} bad manifest rows skipped "
               f"-> {out_path} ({elapsed:.1f} s, {n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s)", file=sys.stderr)
 
 

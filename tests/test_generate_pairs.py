@@ -183,6 +183,33 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
     assert read(out) == again
 
 
+def test_each_group_of_instructions_gives_every_row_a_pair(tiny_paths, tmp_path, capsys):
+    """config/voice_questions.txt: a description for every clip, and a short question besides. Adding a group to a
+    list keeps the pairs made with it and makes only the new group's."""
+    descriptions, questions = TWO_INSTRUCTIONS.split("|"), ["Is the speaker male or female?", "Is the speaker female or male?"]
+    rows = write_manifest(tmp_path / "grown", 10)
+    write_manifest(tmp_path / "fresh", 10)
+    run(tmp_path / "grown", tiny_paths[1], instructions=TWO_INSTRUCTIONS)
+    first = read(tmp_path / "grown" / "train_pairs.jsonl")
+    run(tmp_path / "grown", tiny_paths[1], instructions=TWO_INSTRUCTIONS + "||" + "|".join(questions))
+    assert "10 new pairs, 10 already done" in capsys.readouterr().err
+    grown = read(tmp_path / "grown" / "train_pairs.jsonl")
+    assert grown[:10] == first
+    instruction_file = tmp_path / "groups.txt"
+    instruction_file.write_text("\n".join(descriptions) + "\n\n" + "\n".join(questions) + "\n")
+    run(tmp_path / "fresh", tiny_paths[1], instructions=f"@{instruction_file}")
+    fresh = read(tmp_path / "fresh" / "train_pairs.jsonl")
+    key = lambda p: (p["audio_id"], p["instruction"], p["target"])
+    assert sorted(map(key, fresh)) == sorted(map(key, grown))
+    for row in rows:
+        asked = sorted(p["instruction"] for p in fresh if p["audio_id"] == row["audio_id"])
+        assert asked == sorted([gp.pick_instruction(row["audio_id"], descriptions), gp.pick_instruction(row["audio_id"], questions)])
+    assert {p["instruction"] for p in fresh} == set(descriptions + questions)
+    with pytest.raises(SystemExit):  # a group dropped again: its pairs are not the list's
+        run(tmp_path / "fresh", tiny_paths[1], instructions="|".join(questions))
+    assert "these give it 'Is the speaker" in capsys.readouterr().err
+
+
 def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):
     rows = write_manifest(tmp_path, 120)
     out = tmp_path / "train_pairs.jsonl"
@@ -211,19 +238,26 @@ def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):
     assert len(ids) == len(set(ids)) and sorted(ids) == [r["audio_id"] for r in rows]
 
 
-def test_shards_cover_every_row_once_and_merge(tiny_paths, tmp_path):
+def test_shards_cover_every_row_once_and_merge(tiny_paths, tmp_path, capsys):
     rows = write_manifest(tmp_path, 9)
-    run(tmp_path, tiny_paths[1], shard="0/2", max_new_tokens=4)
-    run(tmp_path, tiny_paths[1], shard="1/2", max_new_tokens=4)
+    groups = "What can you hear from the audio?||Is the speaker male or female?"  # two pairs per row
+    run(tmp_path, tiny_paths[1], shard="0/2", max_new_tokens=4, instructions=groups)
+    run(tmp_path, tiny_paths[1], shard="1/2", max_new_tokens=4, instructions=groups)
     first = read(tmp_path / "train_pairs.shard0of2.jsonl")
     second = read(tmp_path / "train_pairs.shard1of2.jsonl")
-    assert sorted(p["audio_id"] for p in first) == [r["audio_id"] for r in rows[0::2]]
-    assert sorted(p["audio_id"] for p in second) == [r["audio_id"] for r in rows[1::2]]
+    assert sorted(p["audio_id"] for p in first) == [r["audio_id"] for r in rows[0::2] for _ in range(2)]
+    assert sorted(p["audio_id"] for p in second) == [r["audio_id"] for r in rows[1::2] for _ in range(2)]
     assert not (tmp_path / "train_pairs.jsonl").exists()
-    run(tmp_path, tiny_paths[1], merge_shards=2)
+    with pytest.raises(SystemExit):  # merged for one pair per row, the shards' second pairs are not asked for
+        run(tmp_path, tiny_paths[1], merge_shards=2)
+    assert "the shards hold 9 pairs that the manifest and --instructions do not ask for" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # merged for three, the third is missing
+        run(tmp_path, tiny_paths[1], merge_shards=2, instructions=groups + "||Describe the voice.")
+    assert "9 pairs have not been made yet" in capsys.readouterr().err
+    run(tmp_path, tiny_paths[1], merge_shards=2, instructions=groups)
     merged = read(tmp_path / "train_pairs.jsonl")
-    assert [p["audio_id"] for p in merged] == [r["audio_id"] for r in rows]  # manifest order
-    assert by_id(merged) == by_id(first + second)
+    assert [p["audio_id"] for p in merged] == [r["audio_id"] for r in rows for _ in range(2)]  # manifest order
+    assert sorted(map(json.dumps, merged)) == sorted(map(json.dumps, first + second))
 
 
 def test_bad_manifest_rows_are_reported_and_skipped(tiny_paths, tmp_path, capsys):
@@ -347,6 +381,6 @@ def test_demo_training_questions_are_not_eval_questions():
     scored = [ev.words(max(q.split("{text}"), key=len)) for task, questions in ev.QUESTIONS.items() if task != "chat"
               for q in questions]
     for name in files:
-        for instruction in gp.parse_instructions("@" + str(ROOT / name)):
+        for instruction in [i for group in gp.parse_instructions("@" + str(ROOT / name)) for i in group]:
             asked = [q for q in scored if ev.spans(ev.words(instruction), q)]
             assert not asked, f"{name}: {instruction!r} asks eval.py's question"
