@@ -370,9 +370,9 @@ def main(cfg):
         # less reassigns most rows, and resuming would mix pairs of two lists
         moved = [p for p in existing if p['instruction'] not in row_instructions(p['audio_id'], groups)]
         if moved:
-            asked = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))
+            picks = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))
             die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
-                f"{moved[0]['instruction']!r}, these give it {asked}): "
+                f"{moved[0]['instruction']!r}, these give it {picks}): "
                 "move it away, use another --data_dir, or pass the instructions it was made with")
         done = {(p['audio_id'], p['instruction']) for p in existing}
         asked = [(row, instruction) for row in rows for instruction in row_instructions(row['audio_id'], groups)]
