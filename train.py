@@ -4,7 +4,8 @@ on the (clip, instruction, target) pairs written by generate_pairs.py.
 
     python train.py config/demo_cpu.py                                  # the CPU demo
     python train.py config/demo_cpu.py --init_from=resume --max_iters=600
-    torchrun --standalone --nproc_per_node=8 train.py config/desta2_paper.py --gradient_accumulation_steps=8
+    torchrun --standalone --nproc_per_node=8 train.py config/desta2_paper.py --gradient_accumulation_steps=8 \
+        --max_iters=19390 --lr_decay_iters=19390  # batch 64: 10 epochs of the paper's pairs
 
 The effective batch of one optimizer step is batch_size * gradient_accumulation_steps rows, whatever the number of
 processes: under torchrun each rank runs every world_size-th micro-batch of the step (so gradient_accumulation_steps must
