@@ -122,10 +122,12 @@ if init_from == 'resume':
         die(f"--init_from=resume but {ckpt_path} does not exist")
     checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=False)
     # the model and the data order are the checkpoint's; the rest (max_iters, lr, ...) may be changed on resume
-    for k in ('whisper', 'llm', 'tapped_layers', 'dropout', 'max_text_tokens', 'seed'):
-        if config[k] != checkpoint['config'][k] and rank == 0:
-            warn(f"resuming with the checkpoint's {k}={checkpoint['config'][k]!r}, not {config[k]!r}")
-        config[k] = globals()[k] = checkpoint['config'][k]
+    # (a key newer than the checkpoint keeps this run's value)
+    for k in ('whisper', 'llm', 'tapped_layers', 'n_queries', 'n_qformer_layer', 'dropout', 'max_text_tokens', 'seed'):
+        saved = checkpoint['config'].get(k, config[k])
+        if config[k] != saved and rank == 0:
+            warn(f"resuming with the checkpoint's {k}={saved!r}, not {config[k]!r}")
+        config[k] = globals()[k] = saved
 
 # --- processes, device, precision ---
 ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

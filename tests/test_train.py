@@ -158,14 +158,16 @@ def test_adapter_standardizes_with_the_training_clips_statistics(tiny_paths, dat
 
 def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
     """Stopped at 4 and resumed to 8, the run is the uninterrupted one: the same losses and weights, bit for bit
-    (tolerance 0 on CPU fp32: same ops, same data order, the optimizer and RNG states restored)."""
+    (tolerance 0 on CPU fp32: same ops, same data order, the optimizer and RNG states restored). An adapter shape
+    given on the resume's command line gives way to the checkpoint's, with a warning."""
     kw = dict(whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     run_train(tmp_path, *SHARED, "--max_iters=4", **kw)
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=False)["data"]
     assert len(saved.pop("train_rows_sha256")) == 64
     assert saved == {"epoch": 5, "batch_in_epoch": 1, "seed": 1337, "batch_size": 2, "n_train_rows": 6}
-    proc = run_train(tmp_path, *SHARED, "--max_iters=8", "--init_from=resume", **kw)
+    proc = run_train(tmp_path, *SHARED, "--max_iters=8", "--init_from=resume", "--n_queries=3", **kw)
     assert "resuming from" in proc.stdout
+    assert "resuming with the checkpoint's n_queries=" in proc.stderr
     assert train_losses(tmp_path) == train_losses(reference_run)
     resumed = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     reference = torch.load(reference_run / "ckpt.pt", weights_only=False)
