@@ -2,7 +2,7 @@
 Our way of training and answering vs the published DeSTA2 way, measured side by side in one run: the same process,
 models, clips and steps, so the ratios compare like with like.
 
-    python bench.py                                 # exits 1 if a ratio target is missed, 2 on an error
+    python bench.py                                 # exits 1 if a ratio target is missed or on an error
     python bench.py --n_clips=8 --skip_inference --memory=False
 
 ours:       train.py's step (Whisper features computed once per clip and cached, length-sorted batches, encoder on the

@@ -1,7 +1,8 @@
 """
 Self-generated training pairs, the DeSTA2 way: each clip's metadata, written as a seed transcript by prepare.py,
 takes the place of [speech vectors + transcript] in the chat prompt the model is trained with; the frozen LLM answers
-the instruction ("What can you hear from the audio?") about it, and its own reply becomes the training target.
+an instruction about it (the paper's "What can you hear from the audio?", or --instructions), and its own reply
+becomes the training target.
 
     python generate_pairs.py                                   # data/synth/{train,val}.jsonl -> {split}_pairs.jsonl
     python generate_pairs.py --data_dir=data/synth --limit=64 --max_new_tokens=64
@@ -44,7 +45,7 @@ api_key = ''  # http backend: sent as a bearer token when set
 concurrency = 8  # http backend: requests in flight
 max_retries = 5  # http backend: retries per request on connection errors and 5xx/429, with exponential backoff
 request_timeout = 600.0  # http backend: seconds per request
-instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one, by a hash of its audio_id.
+instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one of each group, by a hash of its audio_id.
 # Groups ('||' between them; an empty line in the file) give each row one pair per group: config/voice_questions.txt
 batch_size = 16  # local backend: prompts per batch
 max_new_tokens = 128
@@ -202,7 +203,7 @@ def local_replies(items, cfg, model, tokenizer):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
     ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
     order = sorted(range(len(items)), key=lambda k: -len(ids[k]))
-    # every prompt starts the same way (system turn, user header, '<audio>[00:00:0'): about 40 of ~115 tokens that
+    # every prompt starts the same way (system turn, user header, the seed transcript's '[00:00:00 - 00:00:'): about 40 of ~115 tokens that
     # the frozen LLM encodes once here, not once per row
     n_start = shared_start(ids) if ids else 0
     cache = start_cache(model, ids[0][:n_start]) if n_start else None
@@ -366,8 +367,8 @@ def main(cfg):
         others = {p.get('pair_model') for p in existing} - {pair_model}
         if others:
             die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
-        # each row's instruction is a hash of its id modulo the list's length: a list with one instruction more or
-        # less reassigns most rows, and resuming would mix pairs of two lists
+        # each row's pick from a group is a hash of its id modulo the group's size: a group with one instruction more
+        # or less reassigns most of its rows, and resuming would mix pairs of two lists (a new group moves none)
         moved = [p for p in existing if p['instruction'] not in row_instructions(p['audio_id'], groups)]
         if moved:
             picks = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))

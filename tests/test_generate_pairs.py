@@ -184,8 +184,9 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
 
 
 def test_each_group_of_instructions_gives_every_row_a_pair(tiny_paths, tmp_path, capsys):
-    """config/voice_questions.txt: a description for every clip, and a short question besides. Adding a group to a
-    list keeps the pairs made with it and makes only the new group's."""
+    """Groups as in config/voice_questions.txt: every clip gets a pair from the first (here a description) and one
+    from the second (a gender question). Adding a group to a list keeps the pairs made with it and makes only the
+    new group's."""
     descriptions, questions = TWO_INSTRUCTIONS.split("|"), ["Is the speaker male or female?", "Is the speaker female or male?"]
     rows = write_manifest(tmp_path / "grown", 10)
     write_manifest(tmp_path / "fresh", 10)
