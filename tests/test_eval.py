@@ -45,7 +45,7 @@ def test_word_error_rate():
     assert ev.edit_distance(list("kitten"), list("sitting")) == 3
 
 
-@pytest.mark.parametrize("kind,params,good,bad", [
+FORMAT_CASES = [  # kind, params, an answer that follows the rule, one that does not
     ("all_caps", {}, "A FEMALE VOICE, CALM.", "A female voice."),
     ("lowercase", {}, "a calm female voice.", "A calm female voice."),
     ("bullets", {"n": 2}, "* a female voice\n* a scottish accent", "* one\n* two\n* three"),
@@ -55,15 +55,21 @@ def test_word_error_rate():
     ("no_commas", {}, "A calm female voice.", "A calm, female voice."),
     ("starts_with", {"word": "Overall"}, "**Overall,** a calm voice.", "A calm voice overall."),
     ("quoted", {}, '"A calm voice."', 'A "calm" voice.'),
-])
+]
+
+
+@pytest.mark.parametrize("kind,params,good,bad", FORMAT_CASES)
 def test_format_rules(kind, params, good, bad):
     assert ev.follows(good, (kind, params)) and not ev.follows(bad, (kind, params))
     assert not ev.follows("", (kind, params))
-    assert ev.constraint_text(kind, params)  # every rule has wording for the instruction
+    # the instruction's wording names the rule's parameters: the number, the phrase, the word, each JSON key
+    text = ev.constraint_text(kind, params)
+    assert all(str(v) in text for v in params.values() if not isinstance(v, list)), text
+    assert all(f'"{k}"' in text for k in params.get("keys", [])), text
 
 
-def test_there_are_at_least_eight_kinds_of_constraint():
-    assert len(ev.FORMAT_RULES) >= 8
+def test_every_kind_of_constraint_has_a_case():
+    assert set(ev.FORMAT_RULES) == {case[0] for case in FORMAT_CASES} and len(ev.FORMAT_RULES) >= 8
 
 
 def test_options_from_instruction():

@@ -154,6 +154,7 @@ def test_lookup_draft_continues_the_latest_earlier_match():
     ids = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
     assert lookup_draft(ids, 2) == [2, 3]  # the tail 6,7 last occurred before 2,3 (the longest n-gram first)
     assert lookup_draft(ids + [8], 3) == [9, 1, 6]  # 6,7,8 occurs once
+    assert lookup_draft([1, 2, 3, 9, 4, 3, 1, 2, 3], 2) == [9, 4]  # 1,2,3 before the later 3 alone
     assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 4) == []
 
 
@@ -229,9 +230,13 @@ def test_pick_token_greedy_and_top_p():
     logits = torch.tensor([[0.0, 3.0, 1.0, -2.0]])
     assert pick_token(logits, 0.0, 1.0).item() == 1
     torch.manual_seed(0)
-    # top_p small enough that only the most likely token survives
+    # probabilities at temperature 1: token 1 0.839, 2 0.113, 0 0.042, 3 0.006. top_p keeps tokens until their mass
+    # reaches it, the one that crosses it included: 0.5 keeps token 1 alone, 0.9 tokens 1 and 2
     assert {pick_token(logits, 1.0, 0.5).item() for _ in range(50)} == {1}
-    assert len({pick_token(logits, 5.0, 1.0).item() for _ in range(200)}) > 2
+    assert {pick_token(logits, 1.0, 0.9).item() for _ in range(300)} == {1, 2}
+    # temperature 5 flattens them (token 1: 0.387, 155 of 400 expected; 335 if temperature were ignored)
+    draws = [pick_token(logits, 5.0, 1.0).item() for _ in range(400)]
+    assert len(set(draws)) == 4 and draws.count(1) < 240
 
 
 def test_padded_generate_runs_the_encoder_once_for_features_and_transcript(tiny_paths, monkeypatch):

@@ -102,6 +102,10 @@ def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_ll
     losses = train_losses(tmp_path)
     assert sorted(losses) == list(range(30))
     assert losses[29] < 0.5 * losses[0], losses  # the adapter alone steers the frozen LLM to the fixed targets
+    # the schedule: warm-up over 2 steps to lr 3e-3, then a cosine (not a straight line) down to 3e-4 at step 30
+    lrs = [r["lr"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if not r.get("eval")]
+    assert lrs[:3] == pytest.approx([1e-3, 2e-3, 3e-3]) and lrs[9] == pytest.approx(2.605e-3, rel=1e-3), lrs
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and 3e-4 < lrs[29] < 3.1e-4, lrs
     # the missing clip and the broken line are reported once each, then summarised; their rows are skipped
     assert proc.stderr.count("missing.wav") == 1 and proc.stderr.count("not a pairs row") == 1
     assert "skipped 2 of 8 rows (1 malformed, 1 with unusable audio)" in proc.stderr
