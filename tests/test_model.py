@@ -100,21 +100,28 @@ def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
     torch.testing.assert_close(loss_batch, loss_alone, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_generation_is_the_same_alone_and_batched(tiny_model):
-    m = tiny_model
+def test_greedy_generation_is_the_same_alone_and_batched(tiny_paths, steerable_llm, monkeypatch):
+    """A row left-padded in a batch answers as it does alone. On the steerable LLM, whose answers depend on the prompt:
+    conftest's repeats one token whatever it is given, so a wrong padding mask or position would go unseen."""
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32).eval()
+    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))  # the tokens as ids
     clips = [chirp(1.0, 130), chirp(2.2, 180, seed=2)]
     alone, _ = m.generate(clips[:1], ["Is it loud?"], transcripts=["hi"], max_new_tokens=6)
     both, _ = m.generate(clips, ["Is it loud?", "What can you hear from the audio? Answer briefly."],
                          transcripts=["hi", "the quick brown fox"], max_new_tokens=6)
-    assert alone[0] == both[0]
-    text_alone = m.generate_from_text([render_prompt(m.tokenizer, "a female voice", "Describe it.")], max_new_tokens=6)
-    text_both = m.generate_from_text([render_prompt(m.tokenizer, "a female voice", "Describe it."),
-                                      render_prompt(m.tokenizer, "x" * 50, "Longer prompt here")], max_new_tokens=6)
-    assert text_alone[0] == text_both[0]
+    assert alone[0] == both[0] and both[0] != both[1], (alone, both)
+    prompts = [render_prompt(m.tokenizer, "a female voice", "Describe it."),
+               render_prompt(m.tokenizer, "x" * 50, "Longer prompt here")]
+    text_alone = m.generate_from_text(prompts[:1], max_new_tokens=6)
+    text_both = m.generate_from_text(prompts, max_new_tokens=6)
+    assert text_alone[0] == text_both[0] and text_both[0] != text_both[1], (text_alone, text_both)
 
 
-def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_model):
-    m = tiny_model
+def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_paths, steerable_llm, monkeypatch):
+    # the steerable LLM, whose answers depend on the prompt (conftest's repeats one token whatever comes before)
+    torch.manual_seed(0)
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32)
+    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))  # the tokens as ids
     states, mask = m.speech_features([chirp(1.0), chirp(1.7, 200, seed=3)])
     pieces = m.tokenize(["hello", "the quick brown fox"], [DEFAULT_INSTRUCTION, "Is it loud?"], ["a male", "a quiet female voice"])
     n_start = len(pieces[0].prefix)
@@ -147,7 +154,7 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_model):
     torch.testing.assert_close(loss_r, loss_f, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads_r, grads_f):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert answers_r == answers_f
+    assert answers_r == answers_f and answers_r[0] != answers_r[1], (answers_r, answers_f)
 
 
 def test_lookup_draft_continues_the_latest_earlier_match():
