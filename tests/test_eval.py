@@ -235,12 +235,15 @@ def eval_setup(tmp_path, tiny_paths, tiny_model):
 
 
 def count_generation(monkeypatch):
+    """Counts the prompts answered and the clips transcribed, and records the adapter each speech batch ran with."""
     import model
-    counts = {"prompts": 0, "transcribed": 0}
+    counts = {"prompts": 0, "transcribed": 0, "adapters": set()}
     generate, from_text, transcribe = model.DeSTA2.generate, model.DeSTA2.generate_from_text, model.DeSTA2.transcribe
 
     def counted_generate(self, audios, instructions, *a, **k):
         counts["prompts"] += len(instructions)
+        if k.get("use_adapter", True):
+            counts["adapters"].add(self.adapter.queries.sum().item())
         return generate(self, audios, instructions, *a, **k)
 
     def counted_from_text(self, prompts, *a, **k):
@@ -256,11 +259,13 @@ def count_generation(monkeypatch):
     return counts
 
 
-def test_report_end_to_end_and_the_cache(eval_setup, monkeypatch, capsys):
+def test_report_end_to_end_and_the_cache(eval_setup, tiny_model, monkeypatch, capsys):
     args, out = eval_setup
     counts = count_generation(monkeypatch)
     report = ev.main(args)
     assert counts["prompts"] > 0 and counts["transcribed"] == 5  # each clip transcribed once, for all systems
+    # trained answers with the saved adapter, untrained with a fresh one
+    assert len(counts["adapters"]) == 2 and tiny_model.adapter.queries.sum().item() in counts["adapters"]
     saved = json.loads((out / "report.json").read_text())
     assert saved["systems"] == ["trained", "untrained", "cascade", "text_seed", "chance"]
     tasks = ["gender", "pitch", "speed", "volume", "accent", "noise", "transcription", "matching", "ds:EmotionRecognition"]
@@ -293,7 +298,7 @@ def test_report_end_to_end_and_the_cache(eval_setup, monkeypatch, capsys):
     assert {p.name for p in caches} >= {f"cache_{s}.jsonl" for s in ["trained", "untrained", "cascade", "text_seed"]}
     counts.update(prompts=0, transcribed=0)
     assert ev.main(args)["results"] == saved["results"]
-    assert counts == {"prompts": 0, "transcribed": 0}
+    assert counts["prompts"] == 0 and counts["transcribed"] == 0
     assert {p: p.read_bytes() for p in out.glob("cache_*.jsonl")} == caches
 
     # an interrupted run (the cascade's last two answers lost, one line cut short) resumes with just those
@@ -302,6 +307,20 @@ def test_report_end_to_end_and_the_cache(eval_setup, monkeypatch, capsys):
     cascade.write_text("".join(lines[:-2]) + lines[-2][:15])
     ev.main(args)
     assert counts["prompts"] == 2 and counts["transcribed"] == 0
+
+
+def test_score_system_counts_hits_several_and_none():
+    insts = [ev.Instance(id=f"gender/{k}", task="gender", instruction="Male or female?", label=label,
+                         options=["male", "female"]) for k, label in enumerate(["male", "female", "male", "female"])]
+    insts.append(ev.Instance(id="transcription/0", task="transcription", instruction="", label="the cat sat"))
+    answers = {"gender/0": "Male.", "gender/1": "A female voice.", "gender/2": "male or female", "gender/3": "I cannot tell",
+               "transcription/0": "the cat"}
+    r = ev.score_system("trained", insts, answers)
+    assert r["gender"] == {"n": 4, "accuracy": 0.5, "invalid_rate": 0.25, "no_answer_rate": 0.25}
+    assert r["transcription"] == {"n": 1, "wer": pytest.approx(1 / 3)}
+    del answers["gender/3"]  # an instance a system has no answer for is not counted
+    assert ev.score_system("trained", insts, answers)["gender"]["n"] == 3
+    assert ev.score_system("chance", insts, {})["gender"]["accuracy"] == 0.5
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, capsys):
