@@ -4,6 +4,7 @@ layout (fast), its error messages, and (slow) the real converted weights.
 """
 import hashlib
 import importlib.util
+import json
 import os
 import struct
 from dataclasses import asdict
@@ -120,6 +121,13 @@ def test_convert_and_rerun_skips(tiny_parts, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     gw.main()
     assert 'skipping' in capsys.readouterr().out
+    # weights converted from other packages (an older version) are converted again, not skipped
+    manifest = json.loads((out / gw.MANIFEST).read_text())
+    manifest[next(iter(manifest))]['source_sha256'] = '0' * 64
+    (out / gw.MANIFEST).write_text(json.dumps(manifest))
+    gw.main()
+    assert 'skipping' not in capsys.readouterr().out
+    assert json.loads((out / gw.MANIFEST).read_text()) != manifest
 
 
 def test_truncated_part_is_a_clear_error(tiny_parts, tmp_path):
