@@ -325,6 +325,9 @@ def test_score_system_counts_hits_several_and_none():
 
 def test_missing_inputs_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
+        ev.main(["--systems=trained,casacde"])
+    assert e.value.code == 2 and "unknown system(s) ['casacde']: choose from trained," in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         ev.main([f"--data_dir={tmp_path / 'nowhere'}"])
     assert e.value.code == 2 and "prepare.py" in capsys.readouterr().err
     (tmp_path / "test.jsonl").write_text("")

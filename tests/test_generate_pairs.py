@@ -90,6 +90,14 @@ def lively_llm(tiny_paths, tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("shard", ["4/4", "-1/4", "1", "a/b", "1/0"])
+def test_bad_shard_is_a_clear_error(shard, capsys):
+    with pytest.raises(SystemExit):
+        gp.parse_shard(shard)
+    assert f"--shard must look like i/n with 0 <= i < n, got {shard!r}" in capsys.readouterr().err
+    assert gp.parse_shard("3/4") == (3, 4)
+
+
 def test_pairs_carry_the_manifest_and_the_training_layout(lively_llm, tokenizer, tmp_path):
     llm_dir = lively_llm
     rows = write_manifest(tmp_path / "batched", 10)

@@ -9,7 +9,7 @@ from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with v
 
 import model
 from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, default_tapped_layers, load_model,
-                   lookup_draft, pick_token, render_prompt)
+                   lookup_draft, pick_token, read_adapter_config, render_prompt)
 
 
 def n_params(module):
@@ -225,6 +225,12 @@ def test_mismatched_adapter_is_refused(tiny_model, tiny_paths, tmp_path):
     other = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1], tapped_layers=(1, 3)), llm_dtype=torch.float32)
     with pytest.raises(ValueError, match="tapped_layers"):
         other.load_adapter(path)
+    plain = tmp_path / "plain.safetensors"  # a safetensors file that is not an adapter
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(ValueError, match=f"{plain}: not a nanoDeSTA adapter file"):
+        read_adapter_config(plain)
+    with pytest.raises(ValueError, match="tapped_layers \\(1, 4\\) out of range: .* has 4 encoder blocks"):
+        load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1], tapped_layers=(1, 4)), llm_dtype=torch.float32)
 
 
 def test_padded_mode_uses_the_whole_30s_window(tiny_paths):
