@@ -47,7 +47,8 @@ SENTENCES = ["At the top level, the salaries are far too high.", "Please call St
 
 
 def seed_transcripts(n, rng):
-    """Seed transcripts in prepare.py's layout (the values are illustrative), with a varied number of attributes so the prompts differ in length."""
+    """Seed transcripts in prepare.py's layout (the values are illustrative), with a varied number of attributes so
+    the prompts differ in length."""
     out = []
     for _ in range(n):
         seconds = rng.randint(2, 9)

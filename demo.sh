@@ -2,7 +2,8 @@
 # The CPU demo, start to finish: install what is missing, then
 #   prepare (synthetic speech) -> generate_pairs (the LLM's own targets) -> train (the adapter) -> eval -> a sample answer.
 # Every stage resumes: re-running this script reuses what is already done (delete data/demo, out/demo or
-# eval_results/demo, or their -1.5b twins, to redo a stage). The sizes below are chosen for a 2-core CPU; scale them up on a GPU.
+# eval_results/demo, or their -1.5b twins, to redo a stage). The sizes below are chosen for a 2-core CPU; scale them
+# up on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1  # the demo needs no model hub: the weights come from registry packages (setup.sh)

@@ -45,7 +45,8 @@ api_key = ''  # http backend: sent as a bearer token when set
 concurrency = 8  # http backend: requests in flight
 max_retries = 5  # http backend: retries per request on connection errors and 5xx/429, with exponential backoff
 request_timeout = 600.0  # http backend: seconds per request
-instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one of each group, by a hash of its audio_id.
+instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one (from each group,
+# below) by a hash of its audio_id.
 # Groups ('||' between them; an empty line in the file) give each row one pair per group: config/voice_questions.txt
 batch_size = 16  # local backend: prompts per batch
 max_new_tokens = 128
@@ -203,8 +204,8 @@ def local_replies(items, cfg, model, tokenizer):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
     ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
     order = sorted(range(len(items)), key=lambda k: -len(ids[k]))
-    # every prompt starts the same way (system turn, user header, the seed transcript's '[00:00:00 - 00:00:'): about 40 of ~115 tokens that
-    # the frozen LLM encodes once here, not once per row
+    # every prompt starts the same way (system turn, user header, the seed transcript's '[00:00:00 - 00:00:'): about
+    # 40 of ~115 tokens that the frozen LLM encodes once here, not once per row
     n_start = shared_start(ids) if ids else 0
     cache = start_cache(model, ids[0][:n_start]) if n_start else None
     for start in range(0, len(order), cfg['batch_size']):

@@ -312,7 +312,7 @@ def llm_answer(path, question, max_new_tokens=8):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 runs on any CPU, bf16 instructions or not
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32: any CPU
     assert tok.chat_template and tok.eos_token == '<|im_end|>' and tok.pad_token is not None
     ids = tok.apply_chat_template([{'role': 'user', 'content': question}], add_generation_prompt=True,
                                   return_tensors='pt', return_dict=True)

@@ -313,8 +313,8 @@ def test_score_system_counts_hits_several_and_none():
     insts = [ev.Instance(id=f"gender/{k}", task="gender", instruction="Male or female?", label=label,
                          options=["male", "female"]) for k, label in enumerate(["male", "female", "male", "female"])]
     insts.append(ev.Instance(id="transcription/0", task="transcription", instruction="", label="the cat sat"))
-    answers = {"gender/0": "Male.", "gender/1": "A female voice.", "gender/2": "male or female", "gender/3": "I cannot tell",
-               "transcription/0": "the cat"}
+    answers = {"gender/0": "Male.", "gender/1": "A female voice.", "gender/2": "male or female",
+               "gender/3": "I cannot tell", "transcription/0": "the cat"}
     r = ev.score_system("trained", insts, answers)
     assert r["gender"] == {"n": 4, "accuracy": 0.5, "invalid_rate": 0.25, "no_answer_rate": 0.25}
     assert r["transcription"] == {"n": 1, "wer": pytest.approx(1 / 3)}

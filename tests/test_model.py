@@ -100,11 +100,20 @@ def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
     torch.testing.assert_close(loss_batch, loss_alone, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_generation_is_the_same_alone_and_batched(tiny_paths, steerable_llm, monkeypatch):
-    """A row left-padded in a batch answers as it does alone. On the steerable LLM, whose answers depend on the prompt:
-    conftest's repeats one token whatever it is given, so a wrong padding mask or position would go unseen."""
+@pytest.fixture
+def steerable_model(tiny_paths, steerable_llm, monkeypatch):
+    """The tiny model on the steerable LLM, whose answers depend on the prompt (conftest's LLM repeats one token
+    whatever it is given, so a wrong padding mask or position, or a draft never rejected, would go unseen). It answers
+    in token ids: the tiny LLM's tokens often decode to nothing visible."""
+    torch.manual_seed(0)
     m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32).eval()
-    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))  # the tokens as ids
+    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))
+    return m
+
+
+def test_greedy_generation_is_the_same_alone_and_batched(steerable_model):
+    """A row left-padded in a batch answers as it does alone."""
+    m = steerable_model
     clips = [chirp(1.0, 130), chirp(2.2, 180, seed=2)]
     alone, _ = m.generate(clips[:1], ["Is it loud?"], transcripts=["hi"], max_new_tokens=6)
     both, _ = m.generate(clips, ["Is it loud?", "What can you hear from the audio? Answer briefly."],
@@ -117,11 +126,8 @@ def test_greedy_generation_is_the_same_alone_and_batched(tiny_paths, steerable_l
     assert text_alone[0] == text_both[0] and text_both[0] != text_both[1], (text_alone, text_both)
 
 
-def test_reusing_the_prompt_start_changes_nothing_but_the_work(tiny_paths, steerable_llm, monkeypatch):
-    # the steerable LLM, whose answers depend on the prompt (conftest's repeats one token whatever comes before)
-    torch.manual_seed(0)
-    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32)
-    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))  # the tokens as ids
+def test_reusing_the_prompt_start_changes_nothing_but_the_work(steerable_model):
+    m = steerable_model
     states, mask = m.speech_features([chirp(1.0), chirp(1.7, 200, seed=3)])
     pieces = m.tokenize(["hello", "the quick brown fox"], [DEFAULT_INSTRUCTION, "Is it loud?"], ["a male", "a quiet female voice"])
     n_start = len(pieces[0].prefix)
@@ -165,11 +171,8 @@ def test_lookup_draft_continues_the_latest_earlier_match():
     assert lookup_draft([1, 2, 3], 4) == [] and lookup_draft([4], 4) == []
 
 
-def test_prompt_lookup_decoding_gives_the_same_answer_in_fewer_passes(tiny_paths, steerable_llm, monkeypatch):
-    # the steerable tiny LLM: conftest's own answers one token over and over, which would never reject a draft
-    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32).eval()
-    # the answers as their token ids: the tiny LLM's tokens often decode to nothing visible
-    monkeypatch.setattr(m.tokenizer, "decode", lambda ids, **kwargs: " ".join(map(str, ids)))
+def test_prompt_lookup_decoding_gives_the_same_answer_in_fewer_passes(steerable_model):
+    m = steerable_model
     fed = []  # tokens per decoder pass after the prompt's
     hook = m.llm.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]) if kwargs.get("input_ids") is not None else None,
@@ -230,7 +233,7 @@ def test_mismatched_adapter_is_refused(tiny_model, tiny_paths, tmp_path):
     with pytest.raises(ValueError, match=f"{plain}: not a nanoDeSTA adapter file"):
         read_adapter_config(plain)
     with pytest.raises(ValueError, match="tapped_layers \\(1, 4\\) out of range: .* has 4 encoder blocks"):
-        load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1], tapped_layers=(1, 4)), llm_dtype=torch.float32)
+        load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1], tapped_layers=(1, 4)))
 
 
 def test_padded_mode_uses_the_whole_30s_window(tiny_paths):

@@ -199,7 +199,7 @@ def test_manifest_rows_and_wavs(synth):
         assert row['audio_filepath'] == f"wav/{row['audio_id']}.wav" and row['dataset'] == 'synth'
         assert row['gender'] in ('Female', 'Male') and row['accent'] in P.ACCENTS
         assert all(row[k] in P.LEVELS[k] for k in ('pitch', 'speed', 'volume', 'noise'))
-        # measured, so only plausible ranges here (test_measured_buckets_agree_with_controls checks they track the controls)
+        # measured: plausible ranges here (test_measured_buckets_agree_with_controls: they track the controls)
         assert 50 < row['f0_hz'] < 500 and row['speaking_rate_wps'] > 0 and -60 < row['loudness_dbfs'] < 0, row
         assert isinstance(row['snr_db_estimate'], float), row
         assert row['voice'] == '-'.join(row[k] for k in ('gender', 'accent', 'pitch', 'speed'))

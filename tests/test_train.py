@@ -183,7 +183,8 @@ def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference
 def test_time_limit_stops_cleanly_with_a_checkpoint(tiny_paths, data_dir, tmp_path):
     """Out of time, the run finishes its step, evaluates, saves and exits 0 (resuming: the resume tests)."""
     kw = dict(whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
-    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=1000", "--eval_interval=1000", "--max_seconds_total=0.001", **kw)
+    proc = run_train(tmp_path, "--batch_size=6", "--max_iters=1000", "--eval_interval=1000", "--max_seconds_total=0.001",
+                     **kw)
     assert "done: max_seconds_total=0.001 reached at iter 1" in proc.stdout and "eval at iter 1:" in proc.stdout
     assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["iter_num"] == 1
     assert (tmp_path / "adapter.safetensors").exists()
