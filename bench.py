@@ -4,6 +4,7 @@ models, clips and steps, so the ratios compare like with like.
 
     python bench.py                                 # exits 1 if a ratio target is missed or on an error
     python bench.py --n_clips=8 --skip_inference --memory=False
+    python bench.py config/bench_paper_shapes.py --device=cuda --skip_inference --compile=True  # as train.py's
 
 ours:       train.py's step (Whisper features computed once per clip and cached, length-sorted batches, encoder on the
             real length) and sample.py's answer (model.generate: trimmed encoder for the features, Whisper's own
@@ -39,7 +40,8 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
-from model import DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, generation_dtype, load_model, prompt_start_length, sized_config
+from model import (DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, compile_decoder_layers, generation_dtype, load_model,
+                   prompt_start_length, sized_config)
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
@@ -56,6 +58,8 @@ warmup = 1  # untimed passes over the timed work (the same batches and clips) pe
 max_new_tokens = 32  # greedy, both ways
 draft_tokens = 10  # ours: prompt-lookup drafts per step for the single clip (model.llm_decode); 0 = plain decoding
 skip_training = False
+compile = False  # ours: train with compiled LLM layers and no shared-start cache (model.compile_decoder_layers, as
+                 # train.py --compile=True); the published way runs first, eagerly; warmup >= 1 keeps compiling untimed
 profile = False  # print torch.profiler's costliest ops over each way's timed training steps (timed with the profiler on)
 skip_inference = False
 memory = True  # peak memory per (phase, way) in subprocesses; False = skip (n/a)
@@ -128,6 +132,9 @@ infer_dtype = dtype if dtype != 'auto' else generation_dtype(device)
 use_autocast = train_dtype != 'float32' and device_type in ('cuda', 'cpu')
 train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()  # noqa: E731
 cache_dtype = torch.float32 if train_dtype == 'float32' else torch.bfloat16
+if compile and not skip_inference:
+    sys.exit("error: --compile=True times training only (the compiled layers are for training steps): "
+             "add --skip_inference=True")
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 for name in (llm, adapter) + (() if random_whisper else (whisper,)):  # random weights: only --llm's tokenizer is read
@@ -183,6 +190,8 @@ def train_way(model, way, n_steps):
     """Timed training steps the given way: dict(rows, tokens, seconds, flops, frames, cache_s)."""
     model.pad_to_30s = way == 'published'
     model.reuse_prompt_start = way == 'ours'
+    if compile and way == 'ours':
+        compile_decoder_layers(model)
     model.adapter.load_state_dict(init_adapter)  # both ways start from the same adapter
     model.train()
     params = list(model.adapter.parameters())
@@ -328,7 +337,8 @@ models = (f"random weights in the shapes of whisper {random_whisper} + Llama {ra
 print(f"{models} on {device} ({torch.get_num_threads()} threads), train {train_dtype}, answers {infer_dtype}; "
       f"{len(audios)} clips of {min(map(len, audios)) / SAMPLE_RATE:.1f}-{max(map(len, audios)) / SAMPLE_RATE:.1f} s "
       f"({'espeak-ng' if not texts[names[0]].startswith('(') else 'harmonic signals'}), single clip "
-      f"{len(audios[single_clip]) / SAMPLE_RATE:.1f} s; adapter {adapter or 'random'}", flush=True)
+      f"{len(audios[single_clip]) / SAMPLE_RATE:.1f} s; adapter {adapter or 'random'}"
+      f"{'; ours trains with compiled LLM layers' if compile else ''}", flush=True)
 model = load(train_dtype if not skip_training else infer_dtype)
 pieces = model.tokenize([texts[n] for n in names], [DEFAULT_INSTRUCTION] * len(names),
                         [f'The speaker says "{texts[n]}" in a calm, clear voice.' for n in names])
@@ -338,7 +348,7 @@ print(f"parameters: Whisper {sum(p.numel() for p in model.whisper.parameters()):
 ways = ('ours', 'published')
 train, infer, mem = {}, {}, {}
 if not skip_training:
-    for way in ways:
+    for way in reversed(ways) if compile else ways:  # compiling is in place: the published way first
         train[way] = train_way(model, way, n_train_steps)
     model.adapter.load_state_dict(init_adapter)
 if not skip_inference:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from model import DTYPES, AdapterConfig, load_model
+from model import DTYPES, AdapterConfig, compile_decoder_layers, load_model
 
 t_launch = time.time()
 
@@ -81,7 +81,7 @@ max_bad_steps = 5  # stop (exit code 3) after this many non-finite losses in a r
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'bfloat16' if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else 'float16'  # or 'float32'
-compile = False  # torch.compile the adapter
+compile = False  # torch.compile the adapter and the LLM's decoder layers (model.compile_decoder_layers)
 seed = 1337  # adapter init, data order and dropout
 num_threads = 0  # torch CPU threads per process; 0 = torch's default
 backend = 'auto'  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
@@ -384,8 +384,9 @@ if init_from == 'resume':
 epoch_order = make_batches(splits['train']['lengths'], epoch)
 if compile:
     if master:
-        print("compiling the adapter...")
+        print("compiling the adapter and the LLM's layers (on the first steps; no shared-start cache)...")
     raw_model.adapter.compile(dynamic=True)  # in place: the state_dict keys stay the same
+    compile_decoder_layers(raw_model)
 # DDP wraps the whole model so its forward stays model(...); only the adapter has gradients to reduce. broadcast_buffers
 # is off: the frozen buffers are identical on every rank already (they are loaded from the same files).
 model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False) if ddp else raw_model

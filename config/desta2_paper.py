@@ -34,4 +34,4 @@ device = 'auto'
 dtype = 'bfloat16'
 # whisper-small features for 124k clips (~4 x 768 values per frame, 50 frames/s, bf16) would be ~190 GB: recompute instead
 cache_features = False
-compile = True
+compile = True  # the adapter and the LLM's layers (model.compile_decoder_layers; on an H100: README, Measured on a GPU)

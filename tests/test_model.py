@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
 import model
-from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, default_tapped_layers, load_model,
-                   lookup_draft, pick_token, read_adapter_config, render_prompt)
+from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, compile_decoder_layers,
+                   default_tapped_layers, load_model, lookup_draft, pick_token, read_adapter_config, render_prompt)
 
 
 def n_params(module):
@@ -207,6 +207,40 @@ def test_only_the_adapter_gets_gradients(tiny_model):
         assert not p.requires_grad and p.grad is None, name
     for name, p in m.adapter.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_compiled_layers_share_one_graph_and_change_nothing_but_the_work(tiny_model):
+    """train.py --compile=True: every decoder layer runs one dynamic graph (not one per layer, batch size or length),
+    with eager's loss and adapter gradients. Inductor on the CPU here (about 30 s cold); test_train.py's GPU test
+    trains with it."""
+    from torch._dynamo.utils import counters
+
+    m = tiny_model
+    batches = []
+    for k, n in enumerate((2, 3, 4)):  # three batch sizes and three lengths
+        states, mask = m.speech_features([chirp(1.0 + 0.3 * i, 150 + 20 * i, seed=i) for i in range(n)])
+        targets = ["a quiet female voice " * (1 + (i + k) % 3) for i in range(n)]
+        batches.append((states, mask, m.tokenize(["hello"] * n, [DEFAULT_INSTRUCTION] * n, targets)))
+
+    def losses_and_grads():
+        out = []
+        for states, mask, pieces in batches:
+            m.adapter.zero_grad()
+            loss = m(states, mask, pieces)
+            loss.backward()
+            out.append((loss.detach(), torch.cat([p.grad.flatten() for p in m.adapter.parameters()])))
+        return out
+
+    eager = losses_and_grads()
+    torch._dynamo.reset()
+    counters.clear()
+    compile_decoder_layers(m)
+    assert all(layer._compiled_call_impl is not None for layer in m.llm.get_decoder().layers)  # every layer, in place
+    compiled = losses_and_grads()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    for (loss_e, grad_e), (loss_c, grad_c) in zip(eager, compiled):
+        torch.testing.assert_close(loss_c, loss_e, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad_c, grad_e, atol=1e-6, rtol=1e-4)
 
 
 def test_adapter_save_load_round_trip(tiny_model, tiny_paths, tmp_path):
