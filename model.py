@@ -508,12 +508,11 @@ def compile_decoder_layers(model):
     embeddings and activations each launch their own) and the GPU waits on Python. A compiled layer fuses them.
     All layers share one graph (their code is the same, their weights are its inputs), and dynamic=True makes it one
     graph for every batch size above 1 and every length: no length buckets (a batch of 1 and the no-grad validation
-    pass get a graph each). The shared prompt start's KV cache is
-    turned off: each layer reads the cache at its own index, which would tie a graph to one layer (a compile per
-    layer), so the shared tokens (about 30 in Qwen's template) are recomputed in every row. Measured with bench.py
-    at Llama-3-8B's shapes on an H100: compiled, 80.7 clips/s, 1.43x the published way in the same run; eagerly
-    with the cache, 51.5 clips/s, 0.98x (README, "Measured on a GPU"). The whole decoder as one graph keeps the
-    cache but did not finish compiling in 5.5 min.
+    pass get a graph each). The shared prompt start's KV cache is turned off: each layer reads the cache at its own
+    index, which would tie a graph to one layer (a compile per layer), so the shared tokens (about 30 in Qwen's
+    template) are recomputed in every row. Measured with bench.py at Llama-3-8B's shapes on an H100: compiled,
+    80.7 clips/s, 1.43x the published way in the same run; eagerly with the cache, 51.5 clips/s, 0.98x (README,
+    "Measured on a GPU"). The whole decoder as one graph keeps the cache but did not finish compiling in 5.5 min.
     """
     model.reuse_prompt_start = False
     for layer in model.llm.get_decoder().layers:

@@ -275,8 +275,9 @@ def test_clear_errors_for_missing_pairs_and_weights(tiny_paths, data_dir, tmp_pa
                                                  ("bfloat16", False, 1)])
 def test_cuda_mixed_precision_compile_and_nccl(dtype, compile, nproc, tiny_paths, steerable_llm, data_dir, tmp_path):
     """The paths a CPU run never takes: autocast in bf16 or fp16 on CUDA, the GradScaler (fp16 only), the fused AdamW,
-    torch.compile of the adapter and the LLM's layers, DDP over NCCL (torchrun with one process: NCCL allows one rank per GPU). The adapter
-    must overfit as it does on the CPU in fp32, and an fp16 checkpoint must carry the scaler's state for the resume."""
+    torch.compile of the adapter and the LLM's layers, DDP over NCCL (torchrun with one process: NCCL allows one rank
+    per GPU). The adapter must overfit as it does on the CPU in fp32, and an fp16 checkpoint must carry the scaler's
+    state for the resume."""
     proc = run_train(tmp_path, *OVERFIT, "--device=cuda", f"--dtype={dtype}", f"--compile={compile}", nproc=nproc,
                      whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
     losses = train_losses(tmp_path)
