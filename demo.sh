@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo, start to finish: install what is missing, then
-#   prepare (synthetic speech) -> generate_pairs (the LLM's own targets) -> train (the adapter) -> eval -> a sample answer.
+#   prepare (synthetic speech) -> generate_pairs (the LLM's own targets) -> train (the adapter) -> eval
+#   -> a sample answer.
 # Every stage resumes: re-running this script reuses what is already done (delete data/demo, out/demo or
 # eval_results/demo, or their -1.5b twins, to redo a stage). The sizes below are chosen for a 2-core CPU; scale them
 # up on a GPU.
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1  # the demo needs no model hub: the weights come from registry packages (setup.sh)
 # LLM=1.5b bash demo.sh: the same stages with Qwen2.5-Coder-1.5B-Instruct, 1200 clips and 1350 training steps, in
-# their own directories, at about 2 h 50 min. Told a clip's metadata as text, the 0.5B LLM answers too few voice
+# their own directories, at 3 to 3.5 hours. Told a clip's metadata as text, the 0.5B LLM answers too few voice
 # questions right for the demo's bar and the 1.5B one nearly all (EXPERIMENTS.md, "The demo's other knobs").
 case ${LLM:=0.5b} in
   0.5b) NAME=demo TRAIN_CONFIGS=config/demo_cpu.py N_CLIPS=600 EVAL_CLIPS=16 \
