@@ -29,7 +29,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import torch
 
 from audio import SAMPLE_RATE, load_audio
 from model import (DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, compile_decoder_layers, generation_dtype, load_model,
-                   prompt_start_length, sized_config)
+                   sized_config, training_flops)
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
@@ -51,7 +50,7 @@ device = 'auto'  # 'auto' = cuda, then cpu
 dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (model.generation_dtype) for answers
 n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
 batch_size = 4  # training rows per step
-n_train_steps = 3  # timed training steps per way
+n_train_steps = 3  # timed training steps per way, rounded up to whole passes over the batches
 warmup = 1  # untimed passes over the timed work (the same batches and clips) per way before timing: on CUDA the first
             # run of each new shape picks its kernels (cuDNN attention, cuBLAS); on an H200 at the paper's shapes a first
             # pass over 3 training steps ran 3.4-5.2x slower than the second
@@ -135,6 +134,8 @@ cache_dtype = torch.float32 if train_dtype == 'float32' else torch.bfloat16
 if compile and not skip_inference:
     sys.exit("error: --compile=True times training only (the compiled layers are for training steps): "
              "add --skip_inference=True")
+if bool(random_whisper) != bool(random_llama):
+    sys.exit("error: random_whisper and random_llama go together (see config/bench_paper_shapes.py)")
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 for name in (llm, adapter) + (() if random_whisper else (whisper,)):  # random weights: only --llm's tokenizer is read
@@ -160,9 +161,7 @@ def clock():
 
 def load(llm_dtype):
     torch.manual_seed(seed)
-    if not (random_whisper and random_llama):
-        if random_whisper or random_llama:
-            sys.exit("error: random_whisper and random_llama go together (see config/bench_paper_shapes.py)")
+    if not random_whisper:
         return load_model(AdapterConfig(whisper=whisper, llm=llm, tapped_layers=tapped_layers), adapter_path=adapter or None,
                           device=device, llm_dtype=getattr(torch, llm_dtype))
     # built on the device with random weights: timings and MFU do not depend on the values
@@ -187,7 +186,7 @@ def watch_frames(model, seen):
 
 
 def train_way(model, way, n_steps):
-    """Timed training steps the given way: dict(rows, tokens, seconds, flops, frames, cache_s)."""
+    """Timed training steps the given way: dict(steps, rows, tokens, seconds, flops, frames, cache_s)."""
     model.pad_to_30s = way == 'published'
     model.reuse_prompt_start = way == 'ours'
     if compile and way == 'ours':
@@ -215,6 +214,8 @@ def train_way(model, way, n_steps):
     else:  # unsorted rows, in a fixed random order
         order = torch.randperm(len(audios), generator=g).tolist()
         batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    # whole passes over the batches: the two ways batch the clips differently, and both must time the same clips
+    n_steps = math.ceil(n_steps / len(batches)) * len(batches)
 
     def step(idx):
         if way == 'ours':
@@ -259,17 +260,10 @@ def train_way(model, way, n_steps):
     for k in range(n_steps):
         rows += len(batches[k % len(batches)])
         tokens += sum(n_text[i] + model.config.n_queries for i in batches[k % len(batches)])
-    # model FLOPs, the same count for both ways: per LLM weight and token, 2 forward and 2 backward (to the activations
-    # only: the LLM is frozen), over the tokens after the prompt start that every row shares (computed once suffices),
-    # the LM head over the target tokens only; 6 per adapter weight, query and tap. Attention's own FLOPs are left out.
-    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
-    n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
-    n_adapter = sum(p.numel() for p in model.adapter.parameters())
-    n_start = prompt_start_length(pieces)  # what DeSTA2.prompt_start encodes once
-    n_target = sum(len(pieces[i].target) for k in range(n_steps) for i in batches[k % len(batches)])
-    flops = (4 * n_body * (tokens - n_start * rows) + 4 * head.numel() * n_target
-             + 6 * n_adapter * rows * len(model.config.tapped_layers) * model.config.n_queries)
-    return dict(rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
+    # model FLOPs, the same count for both ways (the published way's extra work, the 30-s encoder and logits at every
+    # position, is not counted: MFU says how well the hardware runs what the step needs)
+    flops = sum(training_flops(model, [pieces[i] for i in batches[k % len(batches)]]) for k in range(n_steps))
+    return dict(steps=n_steps, rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
 
 
 def infer_way(model, way):
@@ -408,7 +402,8 @@ for metric, o, p, ratio, target in rows:
 print()
 if train:
     o, p = train['ours'], train['published']
-    print(f"train: {n_train_steps} steps of {batch_size} each way; one-time Whisper feature cache (ours, not in the steps): "
+    print(f"train: {o['steps']} steps of {batch_size} each way (whole passes over the {len(audios)} clips); "
+          f"one-time Whisper feature cache (ours, not in the steps): "
           f"{o['cache_s']:.2f} s for {len(audios)} clips; with the cache rebuilt every epoch ours would do "
           f"{1 / (o['seconds'] / o['rows'] + o['cache_s'] / len(audios)):.3g} clips/s")
     if device_type == 'cuda':

@@ -36,7 +36,6 @@ device = 'cpu'
 min_speedup = 6.0
 instructions = '@' + os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'voice_instructions.txt')  # demo.sh's
 seed = 1337
-config_keys = [k for k, v in globals().items() if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 

@@ -44,9 +44,9 @@ class AdapterConfig:
 
 def default_tapped_layers(n_layer: int) -> tuple:
     # DeSTA2 taps 4 evenly spaced blocks ending with the last one (small: 2,5,8,11; tiny: 0,1,2,3;
-    # medium: 5,11,17,23). When 4 does not divide the depth (base has 6 blocks) we keep the spacing even and
-    # tap fewer blocks: base -> 1,3,5.
-    n_taps = next(t for t in (4, 3, 2, 1) if n_layer % t == 0)
+    # medium: 5,11,17,23), and every 4th block of the 32-block large ones (3,7,...,31). When 4 does not divide the
+    # depth (base has 6 blocks) we keep the spacing even and tap fewer blocks: base -> 1,3,5.
+    n_taps = n_layer // 4 if n_layer >= 32 else next(t for t in (4, 3, 2, 1) if n_layer % t == 0)
     stride = n_layer // n_taps
     return tuple(stride * (i + 1) - 1 for i in range(n_taps))
 
@@ -247,7 +247,8 @@ class TextPieces:
 
 
 def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_tokens=200, eot_id=None):
-    """Token ids for one example; the transcript and the target are each cut to max_text_tokens (DeSTA2 uses 200)."""
+    """Token ids for one example. The transcript and the target are each cut to max_text_tokens (DeSTA2 cuts its text
+    to 200 tokens as a whole); a cut target gets no end-of-turn, so the model is not taught to stop mid-sentence."""
     transcript_ids = tokenizer(transcript, add_special_tokens=False).input_ids
     if len(transcript_ids) > max_text_tokens:
         transcript = tokenizer.decode(transcript_ids[:max_text_tokens])
@@ -256,7 +257,8 @@ def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_t
     pieces = TextPieces(tokenizer(prefix, add_special_tokens=False).input_ids, tokenizer(suffix, add_special_tokens=False).input_ids)
     if target is not None:
         eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
-        pieces.target = tokenizer(target, add_special_tokens=False).input_ids[:max_text_tokens] + [eot_id]
+        target_ids = tokenizer(target, add_special_tokens=False).input_ids
+        pieces.target = target_ids[:max_text_tokens] + ([eot_id] if len(target_ids) <= max_text_tokens else [])
     return pieces
 
 
@@ -499,6 +501,22 @@ def shared_start(rows) -> int:
 def prompt_start_length(pieces) -> int:
     """How many prompt tokens every row shares from the start (the speech slot is never part of them)."""
     return min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
+
+
+def training_flops(model, pieces) -> int:
+    """Model FLOPs of one forward and backward over a batch of these rows (TextPieces), for MFU: the same count however
+    the step is run. Per LLM weight and token, 2 forward and 2 backward (to the activations only: the LLM is frozen),
+    over the tokens after the prompt start all rows share (computing it once suffices); the LM head over the target
+    tokens only; 6 per adapter weight, query and tapped block. Attention's own FLOPs, the keys and values over the
+    encoder frames, and Whisper are left out: a few % at most."""
+    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
+    n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
+    n_adapter = sum(p.numel() for p in model.adapter.parameters())
+    n_queries, n_taps = model.config.n_queries, len(model.config.tapped_layers)
+    n_tokens = sum(len(p.prefix) + n_queries + len(p.suffix) + len(p.target) for p in pieces)
+    n_target = sum(len(p.target) for p in pieces)
+    return (4 * n_body * (n_tokens - prompt_start_length(pieces) * len(pieces)) + 4 * head.numel() * n_target
+            + 6 * n_adapter * len(pieces) * n_taps * n_queries)
 
 
 def compile_decoder_layers(model):

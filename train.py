@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from model import DTYPES, AdapterConfig, compile_decoder_layers, load_model
+from model import DTYPES, AdapterConfig, compile_decoder_layers, load_model, training_flops
 
 t_launch = time.time()
 
@@ -112,6 +112,8 @@ if init_from not in ('scratch', 'resume'):
     die(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
 if dtype not in DTYPES:
     die(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+if eval_interval < 1 or log_interval < 1:
+    die(f"eval_interval and log_interval must be at least 1, not {eval_interval} and {log_interval}")
 pairs_files = {split: os.path.join(data_dir, f'{split}_pairs.jsonl') for split in ('train', 'val')}
 if not os.path.isfile(pairs_files['train']):
     die(f"{pairs_files['train']} not found: make the training pairs first with `python generate_pairs.py` "
@@ -181,7 +183,6 @@ if trainable != {f'adapter.{n}' for n, _ in raw_model.adapter.named_parameters()
     raise RuntimeError(f"only the adapter may train, but requires_grad is set on: {sorted(trainable)[:10]}")
 n_adapter = sum(p.numel() for p in adapter_params)
 n_llm = sum(p.numel() for p in raw_model.llm.parameters())
-L, n_queries = len(raw_model.config.tapped_layers), raw_model.config.n_queries
 if master:
     print(f"adapter: {n_adapter / 1e6:.2f}M trainable parameters; whisper {whisper} (blocks {raw_model.config.tapped_layers}), "
           f"llm {llm} ({n_llm / 1e6:.0f}M, frozen); device {device}, {dtype}, {world_size} process(es)")
@@ -369,7 +370,10 @@ if init_from == 'resume':
         warn(f"batch_size was {saved['batch_size']} in the checkpoint: the data order will not continue exactly")
     raw_model.adapter.load_weights(checkpoint['adapter'])
     optimizer.load_state_dict(checkpoint['optimizer'])
-    scaler.load_state_dict(checkpoint['scaler'])
+    for group, decay_of_group in zip(optimizer.param_groups, (weight_decay, 0.0)):  # this run's, not the saved ones
+        group.update(weight_decay=decay_of_group, betas=(beta1, beta2))
+    if checkpoint['scaler']:  # empty when saved without fp16: a run that switches to fp16 starts a fresh scaler
+        scaler.load_state_dict(checkpoint['scaler'])
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     epoch, batch_in_epoch = saved['epoch'], saved['batch_in_epoch']
     rng = checkpoint['rng']
@@ -471,7 +475,7 @@ def next_step_batches():
     global epoch, batch_in_epoch, epoch_order
     out = []
     while len(out) < gradient_accumulation_steps:
-        if batch_in_epoch == len(epoch_order):
+        if batch_in_epoch >= len(epoch_order):  # >=: a resume with a larger batch_size has fewer batches per epoch
             epoch, batch_in_epoch = epoch + 1, 0
             epoch_order = make_batches(splits['train']['lengths'], epoch)
         out.append(epoch_order[batch_in_epoch])
@@ -479,10 +483,8 @@ def next_step_batches():
     return out
 
 
-# Model FLOPs per step, for MFU on CUDA. The frozen LLM runs forward (2 N flops per token) and a backward that only
-# propagates activation gradients back to the speech vectors (another ~2 N: no weight gradients), so 4 * N_llm per token.
-# The adapter trains fully: 6 * N_adapter per query position (L tapped blocks * 64 queries per row). Attention scores,
-# the keys/values over the encoder frames and (without the cache) the Whisper encoder are left out: a few % at most.
+# MFU on CUDA: model FLOPs per step (model.training_flops, bench.py's count: 4 per frozen LLM weight and token, the
+# LM head on the target tokens only, 6 per adapter weight) over the GPU's peak
 peak_flops = None
 if device_type == 'cuda':
     name = torch.cuda.get_device_name(device)
@@ -562,7 +564,8 @@ while True:
         n_rows = sum(len(idx) for idx in step_batches)
         n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
         n_tokens = sum(splits['train']['lengths'][i][1] + n_queries for idx in step_batches for i in idx)
-        mfu = (4 * n_llm * n_tokens + 6 * n_adapter * n_rows * L * n_queries) / dt / (peak_flops * world_size) if peak_flops else None
+        flops = sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx]) for idx in step_batches)
+        mfu = flops / dt / (peak_flops * world_size) if peak_flops else None
         eta = (max_iters - iter_num - 1) * dt_avg
         if max_seconds_total > 0:
             eta = max(0.0, min(eta, max_seconds_total - (time.time() - t_launch)))

@@ -33,7 +33,8 @@ def test_adapter_shapes_and_size_follow_the_dims():
     assert out.shape == (2, Q, H)
 
 
-@pytest.mark.parametrize("n_layer,expected", [(4, (0, 1, 2, 3)), (6, (1, 3, 5)), (12, (2, 5, 8, 11)), (24, (5, 11, 17, 23))])
+@pytest.mark.parametrize("n_layer,expected", [(4, (0, 1, 2, 3)), (6, (1, 3, 5)), (12, (2, 5, 8, 11)),
+                                               (24, (5, 11, 17, 23)), (32, (3, 7, 11, 15, 19, 23, 27, 31))])
 def test_default_tapped_layers(n_layer, expected):
     assert default_tapped_layers(n_layer) == expected
 
@@ -71,6 +72,16 @@ def test_labels_cover_only_the_target_and_end_of_turn(tiny_model, monkeypatch):
         assert p.target[-1] == m.eot_id == m.tokenizer.convert_tokens_to_ids("<|im_end|>")
         assert m.tokenizer.decode(p.target[:-1]) == ["a female speaker", "a male"][i]
     assert batch["attention_mask"][1].sum() == len(pieces[1].prefix) + 64 + len(pieces[1].suffix) + len(pieces[1].target)
+
+
+def test_text_is_cut_to_max_text_tokens_and_a_cut_target_gets_no_end_of_turn(tiny_model):
+    m = tiny_model
+    long_text = " ".join(["word"] * 40)
+    whole, cut = m.tokenize([long_text] * 2, [DEFAULT_INSTRUCTION] * 2, ["a male", long_text], max_text_tokens=8)
+    assert whole.target[-1] == m.eot_id and len(whole.target) < 8
+    assert len(cut.target) == 8 and m.eot_id not in cut.target
+    assert len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=8)[0].suffix) \
+        < len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=200)[0].suffix)
 
 
 def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):

@@ -206,6 +206,23 @@ def test_resume_refuses_other_training_rows(tiny_paths, steerable_llm, data_dir,
     assert (out / "ckpt.pt").read_bytes() == before
 
 
+def test_resume_takes_a_new_batch_size_and_optimizer_settings(tiny_paths, steerable_llm, data_dir, reference_run,
+                                                             tmp_path):
+    """The reference run stops at micro-batch 2 of a 3-batch epoch; at batch 6 an epoch is 1 batch, so the resume starts
+    a new epoch (with a warning) instead of reading past the end. Weight decay and betas are this run's, not the
+    checkpoint's (the optimizer's saved state would bring those back)."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    proc = run_train(out, *SHARED, "--max_iters=9", "--init_from=resume", "--batch_size=6",
+                     "--gradient_accumulation_steps=1", "--weight_decay=0.5", "--beta2=0.9",
+                     whisper=tiny_paths[0], llm=steerable_llm, data_dir=data_dir)
+    assert "batch_size was 2 in the checkpoint" in proc.stderr
+    checkpoint = torch.load(out / "ckpt.pt", weights_only=False)
+    assert checkpoint["iter_num"] == 9 and checkpoint["data"]["batch_in_epoch"] == 1
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0] and all(g["betas"] == (0.9, 0.9) for g in groups)
+
+
 def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_run, tmp_path):
     """torchrun with 2 CPU processes (gloo), each running 2 of the step's 4 micro-batches, follows the 1-process run, and
     only rank 0 writes. Not bit for bit: the gradient all-reduce adds in another order, and Adam grows the difference
