@@ -318,28 +318,48 @@ def build_instances(rows, task_names, limit=0, if_limit=0, judge_limit=0, seed=0
 
 
 def read_table(path):
+    """A .jsonl or .parquet file's rows as (line, row) pairs (a parquet file's line is its row number), and the lines
+    that are not JSON as (line, problem) pairs: the caller skips and reports those."""
     if path.endswith('.jsonl'):
+        rows, problems = [], []
         with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((n, json.loads(line)))
+                except ValueError as e:
+                    problems.append((n, f"not JSON ({e})"))
+        return rows, problems
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise RuntimeError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or convert the file to jsonl") from None
-    return pq.read_table(path).to_pylist()
+    return list(enumerate(pq.read_table(path).to_pylist(), 1)), []
 
 
 def load_dynamic_superb(root, limit=0, seed=0):
     """Real Dynamic-SUPERB instances (file, audio, instruction, label) from <root>/<Task>/**/*.jsonl|parquet
-    (or <root>/<task>.jsonl). The audio is a path (relative to the file's folder or to root) or embedded."""
+    (or <root>/<task>.jsonl). The audio is a path (relative to the file's folder or to root) or embedded.
+    Returns (instances, skipped): a row that is not JSON or lacks its instruction or label is skipped as path:line."""
     files = sorted(glob.glob(os.path.join(root, '**', '*.jsonl'), recursive=True) +
                    glob.glob(os.path.join(root, '**', '*.parquet'), recursive=True))
     if not files:
         raise FileNotFoundError(f"{root}: no .jsonl or .parquet files of Dynamic-SUPERB instances")
-    by_task = {}
+    by_task, skipped = {}, []
     for path in files:
         parts = os.path.relpath(path, root).split(os.sep)
         task = 'ds:' + (parts[0] if len(parts) > 1 else os.path.splitext(parts[0])[0])
-        for i, row in enumerate(read_table(path)):
+        rows, problems = read_table(path)
+        good = []
+        for n, row in rows:
+            lacks = [k for k in ('instruction', 'label') if not isinstance(row, dict) or row.get(k) is None]
+            if lacks:
+                problems.append((n, f"no {' and no '.join(lacks)}" if isinstance(row, dict) else "not a JSON object"))
+            else:
+                good.append(row)
+        skipped += [{'id': f"{path}:{n}", 'reason': f"{path}:{n}: {problem}"} for n, problem in sorted(problems)]
+        for i, row in enumerate(good):
             audio = row.get('audio') if row.get('audio') is not None else row.get('file')
             if isinstance(audio, str):
                 here = os.path.join(os.path.dirname(path), audio)
@@ -352,15 +372,19 @@ def load_dynamic_superb(root, limit=0, seed=0):
     for items in by_task.values():
         items.sort(key=lambda x: digest(seed, x.id))
         out += items[:limit] if limit > 0 else items
-    return out
+    return out, skipped
 
 
-def read_clip(audio):
-    """Any instance's audio as 16 kHz mono float32: a path, or an embedded {"array", "sampling_rate"} / {"bytes"} field."""
+def read_clip(audio, name='embedded audio'):
+    """Any instance's audio as 16 kHz mono float32: a path, or an embedded {"array", "sampling_rate"} / {"bytes"} field.
+    Raises AudioError under name: embedded audio has no path of its own, so the caller names its instance."""
     if isinstance(audio, str):
         return load_audio(audio)
     if isinstance(audio, dict) and audio.get('array') is not None:
-        x, sr = np.asarray(audio['array'], dtype=np.float32), int(audio['sampling_rate'])
+        try:
+            x, sr = np.asarray(audio['array'], dtype=np.float32), int(audio['sampling_rate'])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AudioError(name, 'unreadable', f"embedded audio array unusable ({e!r})") from None
         if x.ndim == 2:
             x = x.mean(axis=int(np.argmin(x.shape)))
     elif isinstance(audio, dict) and audio.get('bytes'):
@@ -368,15 +392,19 @@ def read_clip(audio):
         try:
             x, sr = sf.read(io.BytesIO(data if isinstance(data, bytes) else base64.b64decode(data)),
                             dtype='float32', always_2d=True)
-        except Exception as e:
-            raise AudioError(f"embedded audio: cannot decode ({e})") from None
+        except Exception as e:  # soundfile and base64 raise several types for data that is not audio
+            raise AudioError(name, 'unreadable', f"cannot decode the embedded audio ({e})") from None
         x = x.mean(axis=1)
     elif isinstance(audio, dict) and audio.get('path'):
         return load_audio(audio['path'])
     else:
-        raise AudioError(f"no usable audio field ({type(audio).__name__})")
-    if x.size == 0 or not np.isfinite(x).all() or len(x) / sr > MAX_SECONDS:
-        raise AudioError(f"embedded audio: empty, not finite, or longer than {MAX_SECONDS:.0f} s")
+        raise AudioError(name, 'missing', f"no usable audio field ({type(audio).__name__})")
+    if x.size == 0:
+        raise AudioError(name, 'empty', "embedded audio has no samples")
+    if not np.isfinite(x).all():
+        raise AudioError(name, 'non_finite', "embedded audio holds NaN or infinite samples")
+    if len(x) / sr > MAX_SECONDS:
+        raise AudioError(name, 'too_long', f"{len(x) / sr:.1f} s is longer than {MAX_SECONDS:.0f} s (Whisper's window)")
     return resample(x, sr)
 
 
@@ -600,6 +628,15 @@ def fail(message):
     sys.exit(2)
 
 
+def write_atomic(path, text):
+    """Write through a temporary file in the same folder: an interrupted run leaves the old file or the new one,
+    never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     globals().update(DEFAULTS)  # so main() can run twice in one process (the tests)
     saved_argv = sys.argv
@@ -613,7 +650,7 @@ def main(argv=None):
     unknown = [s for s in system_names if s not in ALL_SYSTEMS]
     if unknown:
         fail(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
-    from model import DTYPES
+    from model import DTYPES, AdapterConfig, generation_dtype, read_adapter_config
     if dtype != 'auto' and dtype not in DTYPES:
         fail(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     split_path = os.path.join(data_dir, f"{split}.jsonl")
@@ -621,6 +658,10 @@ def main(argv=None):
         fail(f"{split_path} not found: run python prepare.py first (or point --data_dir at prepared data)")
     if 'trained' in system_names and not os.path.exists(adapter):
         fail(f"{adapter} not found: run python train.py first, or leave 'trained' out of --systems")
+    try:  # the adapter names the base models (unless --whisper/--llm do), so any adapter file must be one
+        cfg = read_adapter_config(adapter) if os.path.exists(adapter) else asdict(AdapterConfig())
+    except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
+        fail(f"{adapter}: cannot read it as an adapter ({e})")
 
     # instances, and the clips they need (a clip that cannot be read is skipped and reported)
     insts, skipped, dropped = [], [], []
@@ -630,32 +671,37 @@ def main(argv=None):
                                          judge_limit if judge else 0, seed)
     if dynamic_superb_dir:
         try:
-            insts += load_dynamic_superb(dynamic_superb_dir, limit, seed)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            ds_insts, ds_skipped = load_dynamic_superb(dynamic_superb_dir, limit, seed)
+        except (OSError, RuntimeError, ValueError) as e:
             fail(f"dynamic_superb_dir: {e}")
+        for x in ds_skipped:
+            print(f"skipped {x['reason']}", file=sys.stderr)
+        insts, skipped = insts + ds_insts, skipped + ds_skipped
     clips = {}
     if any(s in SPEECH_SYSTEMS for s in system_names):
         for inst in insts:
             if inst.audio_key not in clips:
                 try:
-                    clips[inst.audio_key] = read_clip(inst.audio)
+                    clips[inst.audio_key] = read_clip(inst.audio, inst.audio_key)
                 except AudioError as e:
                     clips[inst.audio_key] = None
                     skipped.append({'id': inst.audio_key, 'reason': str(e)})
         insts = [i for i in insts if clips.get(i.audio_key, 0) is not None]
+    # a clip's content, not only its name, goes into the cache keys: prepare.py may rebuild a wav under the same name
+    clip_sha = {a: hashlib.sha1(x.tobytes()).hexdigest() for a, x in clips.items() if x is not None}
     if not insts:
         fail(f"no instances to evaluate in {split_path}{' or ' + dynamic_superb_dir if dynamic_superb_dir else ''}")
 
     # the base models, and a fingerprint per system so a changed adapter or model never reuses stale answers
-    from model import AdapterConfig, generation_dtype, read_adapter_config
     llm_dtype = generation_dtype(device) if dtype == 'auto' else dtype
-    cfg = read_adapter_config(adapter) if os.path.exists(adapter) else asdict(AdapterConfig())
     cfg.update({k: v for k, v in (('whisper', whisper), ('llm', llm)) if v})
     if whisper and 'trained' not in system_names:  # another Whisper: tap its own default blocks
         cfg['tapped_layers'] = ()
     base_fp = [cfg['whisper'], cfg['llm'], llm_dtype]
+    shape = {k: cfg[k] for k in ('tapped_layers', 'n_queries', 'n_qformer_layer')}  # the untrained weights' shape
     fingerprints = {'trained': base_fp + [hashlib.sha256(open(adapter, 'rb').read()).hexdigest() if 'trained' in system_names else ''],
-                    'untrained': base_fp + [f"init{seed}"], 'cascade': base_fp, 'text_seed': [cfg['llm'], llm_dtype]}
+                    'untrained': base_fp + [f"init{seed}", shape], 'cascade': base_fp,
+                    'text_seed': [cfg['llm'], llm_dtype]}
     loaded = {}
 
     def get_model():
@@ -663,7 +709,11 @@ def main(argv=None):
             import torch
             from model import SpeechAdapter, load_model
             print(f"loading {cfg['whisper']} + {cfg['llm']}", file=sys.stderr)
-            m = load_model(AdapterConfig(**cfg), adapter if 'trained' in system_names else None, device, getattr(torch, llm_dtype))
+            try:
+                m = load_model(AdapterConfig(**cfg), adapter if 'trained' in system_names else None, device,
+                               getattr(torch, llm_dtype))
+            except ValueError as e:  # an adapter that does not fit the base models: load_model says which dimension
+                fail(str(e) if adapter in str(e) else f"{adapter} does not fit the base models: {e}")
             m.eval()
             torch.manual_seed(seed)
             loaded['untrained'] = SpeechAdapter(m.config).to(device).eval().state_dict()
@@ -678,7 +728,9 @@ def main(argv=None):
     for s in gen_systems:
         caches[s] = Cache(os.path.join(out_dir, f"cache_{s}.jsonl"))
         mine = [i for i in insts if (i.seed_transcript if s == 'text_seed' else i.audio_key in clips) and (judge or i.task != 'chat')]
-        keyed = [(i, cache_key(fingerprints[s], i.id, i.instruction, i.audio_key, n_tokens(i))) for i in mine]
+        # besides the instruction, text_seed reads the seed transcript and the others hear the clip
+        keyed = [(i, cache_key(fingerprints[s], i.id, i.instruction, i.audio_key, n_tokens(i),
+                               i.seed_transcript if s == 'text_seed' else clip_sha[i.audio_key])) for i in mine]
         todo[s] = [(i, k) for i, k in keyed if k not in caches[s].answers]
         keys[s] = {i.id: k for i, k in keyed}
 
@@ -686,7 +738,7 @@ def main(argv=None):
     need_text = sorted({i.audio_key for s in gen_systems if s in SPEECH_SYSTEMS for i, _ in todo[s]})
     if need_text:
         tcache = Cache(os.path.join(out_dir, 'cache_transcripts.jsonl'))
-        tkeys = {a: cache_key(cfg['whisper'], a) for a in need_text}
+        tkeys = {a: cache_key(cfg['whisper'], a, clip_sha[a]) for a in need_text}
         missing = [a for a in need_text if tkeys[a] not in tcache.answers]
         for b in tqdm(range(0, len(missing), batch_size), desc='whisper transcripts', disable=not missing):
             chunk = missing[b:b + batch_size]
@@ -744,10 +796,8 @@ def main(argv=None):
             except RuntimeError as e:
                 report['judge'][s] = {'error': str(e)}
     md = markdown_report(report)
-    with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-        f.write(md)
+    write_atomic(os.path.join(out_dir, 'report.json'), json.dumps(report, indent=2))
+    write_atomic(os.path.join(out_dir, 'report.md'), md)
     print(md)
     return report
 

@@ -1,14 +1,16 @@
 """Fast tests of eval.py: the scorer, WER, the format rules, the Dynamic-SUPERB loader, the judge, and the whole
 report on tiny random models (see conftest.py)."""
+import base64
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
 
 import pytest
 import soundfile as sf
-from conftest import ROOT, chirp
+from conftest import ROOT, chirp, make_tiny_whisper
 
 import eval as ev
 
@@ -116,15 +118,45 @@ def test_dynamic_superb_loader(tmp_path):
              "instruction": "Which emotion? The answer could be happy, sad, or angry.", "label": "happy"}]
     (tmp_path / "EmotionRecognition" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "speaker.jsonl").write_text(json.dumps({"file": "a.wav", "instruction": "Who speaks?", "label": "Alice"}) + "\n")
-    insts = ev.load_dynamic_superb(str(tmp_path))
-    assert sorted({i.task for i in insts}) == ["ds:EmotionRecognition", "ds:speaker"]
+    insts, skipped = ev.load_dynamic_superb(str(tmp_path))
+    assert skipped == [] and sorted({i.task for i in insts}) == ["ds:EmotionRecognition", "ds:speaker"]
     emo = sorted([i for i in insts if i.task == "ds:EmotionRecognition"], key=lambda i: i.label.lower())
     assert emo[0].options == ["happy", "sad", "angry"] and emo[1].label == "Sad"
     assert len(ev.read_clip(emo[0].audio)) == 8000  # embedded at 8 kHz, resampled to 16 kHz
     assert len(ev.read_clip(emo[1].audio)) == 8000  # a path relative to the jsonl's folder
     speaker = [i for i in insts if i.task == "ds:speaker"][0]
     assert speaker.options is None and len(ev.read_clip(speaker.audio)) == 8000  # file relative to the root
-    assert len(ev.load_dynamic_superb(str(tmp_path), limit=1)) == 2  # one per task
+    assert len(ev.load_dynamic_superb(str(tmp_path), limit=1)[0]) == 2  # one per task
+
+
+def test_dynamic_superb_bad_rows_are_skipped_and_reported(tmp_path):
+    good = json.dumps({"file": "a.wav", "instruction": "Who speaks?", "label": "Alice"})
+    no_label = json.dumps({"file": "a.wav", "instruction": "Who?"})
+    lines = [good, "{not json", "", no_label, json.dumps(["a", "list"]), good]
+    path = tmp_path / "speaker.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    insts, skipped = ev.load_dynamic_superb(str(tmp_path))
+    # the rest still load, numbered among the good rows as before
+    assert sorted(i.id for i in insts) == ["ds:speaker/speaker.jsonl:0", "ds:speaker/speaker.jsonl:1"]
+    assert [x["id"] for x in skipped] == [f"{path}:2", f"{path}:4", f"{path}:5"]  # file and line of each
+    assert skipped[0]["reason"].startswith(f"{path}:2: not JSON")
+    assert skipped[1]["reason"] == f"{path}:4: no label" and skipped[2]["reason"] == f"{path}:5: not a JSON object"
+
+
+@pytest.mark.parametrize("audio,reason", [
+    ({"bytes": base64.b64encode(b"not audio at all").decode()}, "unreadable"),
+    ({"bytes": b"RIFF....WAVE"}, "unreadable"),
+    ({"array": [0.1, 0.2]}, "unreadable"),  # no sampling_rate
+    ({"array": [], "sampling_rate": 16000}, "empty"),
+    ({"array": [0.0, float("nan")], "sampling_rate": 16000}, "non_finite"),
+    ({"array": [0.0] * 3100, "sampling_rate": 100}, "too_long"),
+    ({"text": "hello"}, "missing"),
+    (None, "missing"),
+])
+def test_unusable_embedded_audio_is_an_audio_error_naming_the_instance(audio, reason):
+    with pytest.raises(ev.AudioError) as e:
+        ev.read_clip(audio, "ds:Emotion/test.jsonl:3")
+    assert e.value.reason == reason and str(e.value).startswith("ds:Emotion/test.jsonl:3: ")
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path):
@@ -224,7 +256,10 @@ def eval_setup(tmp_path, tiny_paths, tiny_model):
     ds.mkdir(parents=True)
     ds_row = {"file": "e.wav", "audio": {"array": chirp(0.5).tolist(), "sampling_rate": 16000},
               "instruction": "Which emotion? The answer could be happy, sad, or angry.", "label": "sad"}
-    (ds / "test.jsonl").write_text(json.dumps(ds_row) + "\n")
+    # then a line that is not JSON, a row with no label and a clip that does not decode: each skipped and reported
+    ds_bad = ["{not json", json.dumps({k: v for k, v in ds_row.items() if k != "label"}),
+              json.dumps({**ds_row, "audio": {"bytes": base64.b64encode(b"not audio").decode()}})]
+    (ds / "test.jsonl").write_text("".join(line + "\n" for line in [json.dumps(ds_row)] + ds_bad))
     adapter = tmp_path / "adapter.safetensors"
     tiny_model.save_adapter(str(adapter))
     out = tmp_path / "eval_results"
@@ -282,7 +317,9 @@ def test_report_end_to_end_and_the_cache(eval_setup, tiny_model, monkeypatch, ca
     assert saved["results"]["chance"]["gender"]["accuracy"] == 0.5
     assert abs(saved["results"]["chance"]["pitch"]["accuracy"] - 1 / 3) < 1e-9
     assert saved["results"]["chance"]["accent"]["accuracy"] == 0.25  # the four accents the split holds
-    assert [x["id"] for x in saved["skipped"]] == [str(out.parent / "data" / "wavs" / "gone.wav")]
+    ds_file, gone = out.parent / "ds" / "EmotionRecognition" / "test.jsonl", out.parent / "data" / "wavs" / "gone.wav"
+    assert [x["id"] for x in saved["skipped"]] == [f"{ds_file}:2", f"{ds_file}:3", str(gone),
+                                                   "ds:EmotionRecognition/EmotionRecognition/test.jsonl:1"]
     ife = saved["instruction_following"]
     assert set(ife["systems"]) == {"trained", "untrained", "cascade", "text_seed"}
     assert all(r["n"] == 4 for r in ife["systems"].values())
@@ -290,7 +327,9 @@ def test_report_end_to_end_and_the_cache(eval_setup, tiny_model, monkeypatch, ca
     assert set(saved["judge"]) == {"trained", "untrained", "cascade"}
     assert all(r["n"] == 2 and r["n_scored"] + r["unparseable"] == 2 for r in saved["judge"].values())
     md = (out / "report.md").read_text()
-    assert "| gender | 4 |" in md and "forgetting" in md and md in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| gender | 4 |" in md and "forgetting" in md and md in captured.out
+    assert f"skipped {ds_file}:3: no label" in captured.err
     assert report == saved
 
     # a rerun generates nothing and leaves the caches as they were
@@ -307,6 +346,60 @@ def test_report_end_to_end_and_the_cache(eval_setup, tiny_model, monkeypatch, ca
     cascade.write_text("".join(lines[:-2]) + lines[-2][:15])
     ev.main(args)
     assert counts["prompts"] == 2 and counts["transcribed"] == 0
+
+
+def test_cached_answers_follow_what_they_depend_on(eval_setup, monkeypatch):
+    """A clip rebuilt under the same name, a changed seed transcript and an untrained adapter of another shape each get
+    new answers, and only those. The reports are replaced whole (os.replace), never rewritten in place."""
+    import torch
+    from safetensors.torch import save_file
+    from model import read_adapter_config
+    args, out = eval_setup
+    args = args + ["--systems=untrained,cascade,text_seed", "--tasks=gender", "--if_limit=0", "--judge=",
+                   "--dynamic_superb_dir="]
+    counts = count_generation(monkeypatch)
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append(os.path.basename(b)), real_replace(a, b)))
+    ev.main(args)
+    assert counts["prompts"] == 12 and counts["transcribed"] == 4  # 4 gender instances, 3 systems
+    assert {"report.json", "report.md"} <= set(replaced) and not list(out.glob("*.tmp*"))
+
+    data = out.parent / "data"
+    sf.write(data / "wavs" / "c0.wav", chirp(0.7, f0=300, seed=9), 16000)
+    counts.update(prompts=0, transcribed=0)
+    ev.main(args)
+    assert counts["prompts"] == 2 and counts["transcribed"] == 1  # c0's untrained and cascade answers, its transcript
+
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    rows[1]["seed_transcript"] += " (Emotion: Happy)"
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts.update(prompts=0, transcribed=0)
+    ev.main(args)
+    assert counts["prompts"] == 1 and counts["transcribed"] == 0  # text_seed's answer about c1
+
+    reshaped = out.parent / "reshaped.safetensors"  # only its header matters: the untrained adapter is built from it
+    config = {**read_adapter_config(str(out.parent / "adapter.safetensors")), "n_queries": 4}
+    save_file({"unused": torch.zeros(1)}, str(reshaped), metadata={"config": json.dumps(config)})
+    counts.update(prompts=0, transcribed=0)
+    ev.main(args + [f"--adapter={reshaped}"])
+    assert counts["prompts"] == 4 and counts["transcribed"] == 0  # untrained's four; the others' are cached
+
+
+def test_an_adapter_that_is_not_one_or_does_not_fit_is_a_one_line_error(eval_setup, tmp_path, capsys):
+    args, out = eval_setup
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not an adapter")
+    with pytest.raises(SystemExit) as e:
+        ev.main(args + [f"--adapter={junk}"])
+    assert e.value.code == 2 and f"error: {junk}: cannot read it as an adapter" in capsys.readouterr().err
+    # the adapter taps blocks 0-3 of a 4-block Whisper: a 2-block one cannot feed it
+    shallow = make_tiny_whisper(tmp_path / "shallow-whisper.pt", n_audio_layer=2)
+    with pytest.raises(SystemExit) as e:
+        ev.main(args + [f"--whisper={shallow}", "--systems=trained", "--tasks=gender", "--if_limit=0", "--judge=",
+                        "--dynamic_superb_dir="])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {tmp_path / 'adapter.safetensors'} does not fit the base models" in err
+    assert "has 2 encoder blocks" in err
 
 
 def test_score_system_counts_hits_several_and_none():
