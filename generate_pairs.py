@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from model import (DEFAULT_INSTRUCTION, DTYPES, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
                    mask_and_positions, pad_rows, render_prompt, shared_start, start_cache)
+from prepare import read_jsonl
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
@@ -114,28 +115,22 @@ def read_manifest(path, i=0, n=1):
     """This shard's usable rows; a line with bad JSON, no audio_id, no seed_transcript, or a repeated audio_id is
     reported (file:line) and skipped. Returns (rows, n_bad)."""
     rows, seen, n_bad = [], set(), 0
-    with open(path, encoding='utf-8') as f:
-        for index, line in enumerate(f):
-            if index % n != i or not line.strip():
-                continue
-            where = f"{path}:{index + 1}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"bad JSON ({e.msg})"
+    for number, row, problem in read_jsonl(path):
+        if (number - 1) % n != i:
+            continue
+        if problem is None:
+            if 'audio_id' not in row:
+                problem = "no audio_id"
+            elif not isinstance(row.get('seed_transcript'), str) or not row['seed_transcript'].strip():
+                problem = "no seed_transcript"
+            elif row['audio_id'] in seen:
+                problem = f"audio_id {row['audio_id']!r} repeated"
             else:
-                if not isinstance(row, dict) or 'audio_id' not in row:
-                    problem = "no audio_id"
-                elif not isinstance(row.get('seed_transcript'), str) or not row['seed_transcript'].strip():
-                    problem = "no seed_transcript"
-                elif row['audio_id'] in seen:
-                    problem = f"audio_id {row['audio_id']!r} repeated"
-                else:
-                    seen.add(row['audio_id'])
-                    rows.append(row)
-                    continue
-            print(f"{where}: {problem}, skipped", file=sys.stderr)
-            n_bad += 1
+                seen.add(row['audio_id'])
+                rows.append(row)
+                continue
+        print(f"{path}:{number}: {problem}, skipped", file=sys.stderr)
+        n_bad += 1
     return rows, n_bad
 
 
@@ -197,19 +192,26 @@ def left_padded_batch(model, rows, pad_id, n_start=0):
     return dict(inputs_embeds=model.get_input_embeddings()(input_ids), attention_mask=attention_mask, position_ids=position_ids)
 
 
-def local_replies(items, cfg, model, tokenizer):
-    """Yields lists of (item, reply, n_generated_tokens), one list per batch, longest prompts first: sorting by length
-    keeps the padding in each batch small (and puts the biggest batch, memory-wise, first)."""
+def plan_batches(ids, batch_size):
+    """(n_start, batches): the length of the start all prompts share, and lists of prompt indices, longest prompts
+    first: sorting by length keeps the padding in each batch small (and puts the biggest batch, memory-wise, first)."""
+    order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
+    return shared_start(ids) if ids else 0, [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def local_replies(items, cfg, model, tokenizer, done=()):
+    """Yields lists of (item, reply, n_generated_tokens), one list per batch of plan_batches. done: indices of the
+    items an earlier run wrote. They are planned with the rest, so a resumed run makes the same batches and caches the
+    same prompt start as an uninterrupted one: in bf16 either can flip a greedy reply on a near-tie."""
     eot_id = end_of_turn_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
     ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
-    order = sorted(range(len(items)), key=lambda k: -len(ids[k]))
     # every prompt starts the same way (system turn, user header, the seed transcript's '[00:00:00 - 00:00:'): about
     # 40 of ~115 tokens that the frozen LLM encodes once here, not once per row
-    n_start = shared_start(ids) if ids else 0
-    cache = start_cache(model, ids[0][:n_start]) if n_start else None
-    for start in range(0, len(order), cfg['batch_size']):
-        chunk = order[start:start + cfg['batch_size']]
+    n_start, batches = plan_batches(ids, cfg['batch_size'])
+    batches = [chunk for chunk in ([k for k in b if k not in done] for b in batches) if chunk]
+    cache = start_cache(model, ids[0][:n_start]) if n_start and batches else None
+    for chunk in batches:
         batch = left_padded_batch(model, [ids[k][n_start:] for k in chunk], pad_id, n_start)
         batch['cache'] = cache_for_batch(cache, len(chunk)) if n_start else None
         replies, n_tokens = llm_decode(model, tokenizer, batch, cfg['max_new_tokens'], cfg['temperature'], cfg['top_p'], eot_id)
@@ -376,20 +378,23 @@ def main(cfg):
             die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
                 f"{moved[0]['instruction']!r}, these give it {picks}): "
                 "move it away, use another --data_dir, or pass the instructions it was made with")
-        done = {(p['audio_id'], p['instruction']) for p in existing}
-        asked = [(row, instruction) for row in rows for instruction in row_instructions(row['audio_id'], groups)]
-        items = [{**row, 'instruction': instruction, 'input': render_prompt(tokenizer, row['seed_transcript'], instruction)}
-                 for row, instruction in asked if (row['audio_id'], instruction) not in done]
+        written = {(p['audio_id'], p['instruction']) for p in existing}
+        asked = [{**row, 'instruction': i, 'input': render_prompt(tokenizer, row['seed_transcript'], i)}
+                 for row in rows for i in row_instructions(row['audio_id'], groups)]
+        done = {k for k, item in enumerate(asked) if (item['audio_id'], item['instruction']) in written}
+        items = [item for k, item in enumerate(asked) if k not in done]
         replies = (http_replies(items, cfg, pair_model) if cfg['backend'] == 'http'
-                   else local_replies(items, cfg, model, tokenizer))
+                   else local_replies(asked, cfg, model, tokenizer, done))
         t0, n_new, n_tokens = time.time(), 0, 0
         with open(out_path, 'a', encoding='utf-8') as f, \
                 tqdm(total=len(items), desc=split, unit='row', file=sys.stderr, mininterval=1.0) as bar:
             try:
                 for results in replies:
-                    for item, reply, n in results:
-                        f.write(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False) + '\n')
-                        n_tokens += n
+                    # one write per batch, not per row (the buffer would reach the disk mid-batch): a batch lands
+                    # whole, so a rerun remakes a lost one as the same batch
+                    f.write(''.join(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False)
+                                    + '\n' for item, reply, _ in results))
+                    n_tokens += sum(n for _, _, n in results)
                     f.flush()
                     os.fsync(f.fileno())  # on disk before the next batch: a kill loses at most the batch in flight
                     n_new += len(results)

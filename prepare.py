@@ -430,30 +430,86 @@ def import_ravdess(root):
     return rows
 
 
+# a manifest's split column, as other toolkits spell it: their dev/valid set is our val
+SPLIT_NAMES = {'train': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val', 'dev': 'val', 'test': 'test'}
+
+
+def read_jsonl(path):
+    """(line number, record, problem) for each non-blank line of a .jsonl file, problem None or why the line is not
+    a JSON object (then record is of no use). generate_pairs.read_manifest reads its manifests with it too."""
+    with open(path, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, None, f'bad JSON ({e.msg})'
+                continue
+            yield number, record, None if isinstance(record, dict) else 'not a JSON object'
+
+
 def import_manifest(path):
     """A .csv or .jsonl: the audio path (relative to the manifest) in audio_filepath/file/audio/path, the text
-    in transcription/text, any attribute clean_metadata() knows, and optionally a train/val/test split."""
+    in transcription/text, any attribute clean_metadata() knows, and optionally a train/val/test split (dev and
+    valid mean val). A line that is not a record is reported and comes back as a skip record {path, reason}."""
     if path.suffix == '.jsonl':
-        records = [json.loads(line) for line in open(path) if line.strip()]
+        lines = list(read_jsonl(path))
     else:
-        records = list(csv.DictReader(open(path, newline='')))
-    rows, seen = [], Counter()
-    for rec in records:
-        audio = next((str(rec[k]) for k in ('audio_filepath', 'file', 'audio', 'path') if rec.get(k)), '')
-        audio_id = re.sub(r'[^\w.-]', '_', Path(audio).stem) or 'clip'
-        seen[audio_id] += 1
+        reader = csv.DictReader(open(path, newline=''))
+        lines = [(reader.line_num, rec, None) for rec in reader]
+    audio_of = lambda rec: next((str(rec[k]) for k in ('audio_filepath', 'file', 'audio', 'path') if rec.get(k)), '')
+    stem_of = lambda audio: re.sub(r'[^\w.-]', '_', Path(audio).stem) or 'clip'
+    stems = {stem_of(audio_of(rec)) for _, rec, problem in lines if not problem}
+    rows, used = [], set()
+    for number, rec, problem in lines:
+        where = f'{path}:{number}'
+        if problem:
+            print(f'{where}: {problem}, skipped', file=sys.stderr)
+            rows.append(dict(path=where, audio_id=None, reason='bad_record'))
+            continue
+        audio = audio_of(rec)
+        # files of one name in several folders: the repeats get the first _2, _3, ... that no other file is called
+        audio_id, n = stem_of(audio), 1
+        while audio_id in used or (n > 1 and audio_id in stems):
+            n += 1
+            audio_id = f'{stem_of(audio)}_{n}'
+        used.add(audio_id)
+        split = SPLIT_NAMES.get(str(rec.get('split') or '').strip().lower())
+        if rec.get('split') and not split:
+            print(f"{where}: unknown split {rec['split']!r} (not train, val or test), ignored", file=sys.stderr)
         text = next((str(rec[k]).strip() for k in ('transcription', 'text') if rec.get(k)), None)
         rows.append(dict(path=str(path.parent / audio) if audio else '', transcription=text, **clean_metadata(rec),
-                         audio_id=audio_id + (f'_{seen[audio_id]}' if seen[audio_id] > 1 else ''),
-                         split=rec.get('split') if rec.get('split') in ('train', 'val', 'test') else None))
+                         audio_id=audio_id, split=split))
     return rows
 
 
+def drop_repeated_ids(rows):
+    """The rows whose audio_id no earlier row has, and skip records for the rest: an id names one wav and one split
+    (VCTK unpacked with both wav48/ and wav48_silence_trimmed/ lists every utterance twice)."""
+    kept, repeated, seen = [], [], set()
+    for row in rows:
+        (repeated if row['audio_id'] in seen else kept).append(row)
+        seen.add(row['audio_id'])
+    return kept, [dict(path=r['path'], audio_id=r['audio_id'], reason='duplicate_id') for r in repeated]
+
+
 def assign_splits(rows, dataset, val_frac, test_frac, seed):
-    """Val/test hold out whole speakers (single clips where the corpus names none); a manifest's split wins."""
+    """Val/test hold out whole speakers (single clips where the corpus names none). A manifest's split wins, and
+    goes to the speaker's unmarked rows too: dealt on their own, they could put the speaker in two splits."""
     group = lambda r: r.get('speaker', r['audio_id'])
-    held = hold_out(sorted({group(r) for r in rows}), val_frac, test_frac, np.random.default_rng([seed, 4]))
+    marked = {}  # group -> its splits, in order of appearance
+    for r in rows:
+        if r.get('split'):
+            marked.setdefault(group(r), {})[r['split']] = True
+    for g, names in marked.items():
+        if len(names) > 1:
+            print(f"warning: speaker {g!r} is marked {' and '.join(names)}, so it is heard in more than one split "
+                  f"(its unmarked rows go to {next(iter(names))})", file=sys.stderr)
+    held = hold_out(sorted({group(r) for r in rows} - set(marked)), val_frac, test_frac,
+                    np.random.default_rng([seed, 4]))
     split_of = {g: name for name, groups in held.items() for g in groups}
+    split_of.update((g, next(iter(names))) for g, names in marked.items())
     return [dict(r, dataset=dataset, split=r.get('split') or split_of[group(r)]) for r in rows]
 
 # -----------------------------------------------------------------------------
@@ -575,6 +631,7 @@ def main():
     t0 = time.time()
     if source not in SOURCES:
         fail(f"unknown --source={source!r}; expected one of: {', '.join(SOURCES)}", 2)
+    skipped = []  # inputs left out before any clip is made (unreadable manifest lines, repeated ids)
     if source == 'synth':
         if shutil.which('espeak-ng') is None:
             fail('espeak-ng not found on PATH; --source=synth needs it: apt-get install espeak-ng', 3)
@@ -585,7 +642,13 @@ def main():
     else:
         if not source_dir or not os.path.exists(source_dir):
             fail(f'--source_dir not found: {os.path.abspath(source_dir) if source_dir else "(not given)"}', 2)
-        jobs = assign_splits(IMPORTERS[source](Path(source_dir)), source, val_frac, test_frac, seed)
+        try:
+            imported = IMPORTERS[source](Path(source_dir))
+        except (OSError, ValueError, KeyError, csv.Error) as e:  # a wrong file or folder, not a bad clip
+            fail(f'cannot read {os.path.abspath(source_dir)} as --source={source}: {type(e).__name__}: {e}', 2)
+        clips, repeated = drop_repeated_ids([r for r in imported if 'reason' not in r])
+        skipped = [r for r in imported if 'reason' in r] + repeated  # a manifest's unreadable lines first
+        jobs = assign_splits(clips, source, val_frac, test_frac, seed)
         if not jobs:
             fail(f'no {source} audio found under {os.path.abspath(source_dir)} (see import_{source} for the layout)', 2)
     os.makedirs(os.path.join(out_dir, 'wav'), exist_ok=True)
@@ -602,7 +665,7 @@ def main():
     rows = {j['audio_id']: done[j['audio_id']] for j in jobs if j['audio_id'] in done
             and wav_is_done(os.path.join(out_dir, done[j['audio_id']]['audio_filepath']))}
     todo = [j for j in jobs if j['audio_id'] not in rows]
-    kept, made, skipped = len(rows), 0, []
+    kept, made, failed = len(rows), 0, []
     try:
         with Pool(max(1, num_workers), signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:  # Ctrl-C: main only
             results = pool.imap_unordered(partial(process, out_dir=out_dir, max_seconds=max_seconds), todo, 4)
@@ -610,7 +673,7 @@ def main():
                 if row:
                     rows[row['audio_id']], made = row, made + fresh
                 else:
-                    skipped.append(skip)
+                    failed.append(skip)
                 if k % 250 == 249:
                     write_manifests(out_dir, jobs, rows)  # checkpoint: an interrupted run loses little
     except KeyboardInterrupt:
@@ -618,6 +681,8 @@ def main():
         print(file=sys.stderr)  # off the progress bar's line
         fail(f'interrupted with {len(rows)} clips saved; run the same command again to finish', 130)
     write_manifests(out_dir, jobs, rows)
+    plan_index = {j['audio_id']: k for k, j in enumerate(jobs)}
+    skipped += sorted(failed, key=lambda s: plan_index[s['audio_id']])  # not completion order: the same every run
     skipped_path = os.path.join(out_dir, 'skipped.jsonl')
     write_atomic(skipped_path, lambda tmp: open(tmp, 'w').writelines(json.dumps(s) + '\n' for s in skipped))
 

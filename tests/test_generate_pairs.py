@@ -194,6 +194,48 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
     assert read(out) == again
 
 
+def test_resumed_run_batches_and_caches_as_an_uninterrupted_one(tiny_paths, tmp_path, monkeypatch):
+    """The batches, and the prompt start held in the KV cache, are planned over every prompt asked, written or not: in
+    bf16 another batch or another cached start can flip a greedy reply, and a resumed run would not equal a clean one.
+    The LLM is faked (only the plan matters here): each reply names its batch."""
+    calls = []  # (n_start, cached start) of each batch
+
+    def fake_decode(model, tokenizer, batch, *args):
+        calls.append((batch["n_start"], batch["cache"]))
+        return [f"batch {len(calls)}"] * len(batch["rows"]), [1] * len(batch["rows"])
+
+    monkeypatch.setattr(gp, "load_llm", lambda *args: None)
+    monkeypatch.setattr(gp, "start_cache", lambda model, ids: tuple(ids))
+    monkeypatch.setattr(gp, "cache_for_batch", lambda cache, n: cache)
+    monkeypatch.setattr(gp, "left_padded_batch", lambda model, rows, pad_id, n_start: dict(rows=rows, n_start=n_start))
+    monkeypatch.setattr(gp, "llm_decode", fake_decode)
+    write_manifest(tmp_path, 12)
+    out = tmp_path / "train_pairs.jsonl"
+
+    def batches(pairs):
+        grouped = {}
+        for p in pairs:
+            grouped.setdefault(p["target"], set()).add(p["audio_id"])
+        return list(grouped.values())
+
+    run(tmp_path, tiny_paths[1])
+    clean = out.read_text().splitlines(keepends=True)
+    planned = batches(map(json.loads, clean))
+    assert len(planned) == 3 and len(set(calls)) == 1
+    lost = [{"clip0000", "clip0009"},  # both 1 s long: their prompts share more than all twelve do
+            {min(planned[0]), min(planned[2])},  # two rows of different batches
+            planned[1]]  # a whole batch, as a kill leaves
+    for ids in lost:
+        out.write_text("".join(line for line in clean if json.loads(line)["audio_id"] not in ids))
+        n_calls = len(calls)
+        run(tmp_path, tiny_paths[1])
+        remade = batches(map(json.loads, out.read_text().splitlines()[len(clean) - len(ids):]))
+        assert set().union(*remade) == ids
+        assert all(any(b <= p for p in planned) for b in remade)  # each one part of a planned batch...
+        assert ids not in planned or remade == [ids]  # ...and all of it when all of it was lost
+        assert len(calls) == n_calls + len(remade) and len(set(calls)) == 1  # the same cached start
+
+
 def test_each_group_of_instructions_gives_every_row_a_pair(lively_llm, tmp_path, capsys):
     """Groups as in config/voice_questions.txt: every clip gets a pair from the first (here a description) and one
     from the second (a gender question). Adding a group to a list keeps the pairs made with it and makes only the

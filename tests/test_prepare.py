@@ -377,6 +377,44 @@ def test_import_manifest_jsonl(tmp_path):
     assert [j['split'] for j in jobs] == ['test', 'train'] and {j['dataset'] for j in jobs} == {'manifest'}
 
 
+def test_import_manifest_reports_bad_lines_and_keeps_ids_distinct(tmp_path, capsys):
+    path = tmp_path / 'm.jsonl'
+    path.write_text('{"file": "a/x.wav", "text": "One."}\n{"file": "b/x.wav", \n["b/x.wav"]\n\n'
+                    '{"file": "b/x.wav", "text": "Two."}\n{"file": "x_2.wav", "text": "Three."}\n')
+    rows = P.import_manifest(path)
+    err = capsys.readouterr().err
+    assert f'{path}:2: bad JSON' in err and f'{path}:3: not a JSON object' in err
+    assert rows[1:3] == [dict(path=f'{path}:2', audio_id=None, reason='bad_record'),
+                         dict(path=f'{path}:3', audio_id=None, reason='bad_record')]
+    assert [r['audio_id'] for r in rows] == ['x', None, None, 'x_3', 'x_2']  # b/x.wav is not x_2: x_2.wav is
+
+
+def test_manifest_run_skips_in_plan_order_and_keeps_speakers_whole(tmp_path):
+    for name in ('t0', 't1', 't2'):  # slow to measure, so the later, missing files finish first
+        sf.write(tmp_path / f'{name}.wav', harmonic_tone(150.0, 20.0), SR)
+    lines = [dict(file='t0.wav', text='One two.', speaker='ann', split='test'),
+             dict(file='t1.wav', text='One two.', speaker='ann'),  # unmarked: goes with the rest of ann
+             '{"file": "t9.wav", ', '"t9.wav"',
+             dict(file='t2.wav', text='One two.', speaker='bob', split='dev'),  # dev means val
+             dict(file='a/m.wav', text='Gone.'), dict(file='b/m.wav', text='Gone.'), dict(file='m_2.wav', text='Gone.'),
+             dict(file='c/m.wav', text='Gone.', speaker='cy', split='train'),
+             dict(file='n.wav', text='Gone.', speaker='cy', split='test'),
+             dict(file='o.wav', text='Gone.', split='holdout')]
+    manifest = tmp_path / 'm.jsonl'
+    manifest.write_text(''.join((line if isinstance(line, str) else json.dumps(line)) + '\n' for line in lines))
+    out = tmp_path / 'out'
+    r = run_prepare('--source=manifest', f'--source_dir={manifest}', f'--out_dir={out}', '--num_workers=2')
+    assert r.returncode == 0, r.stderr
+    assert f'{manifest}:3: bad JSON' in r.stderr and f'{manifest}:4: not a JSON object' in r.stderr
+    assert f"{manifest}:11: unknown split 'holdout'" in r.stderr and "speaker 'cy' is marked train and test" in r.stderr
+    assert {s: [r['audio_id'] for r in rows] for s, rows in read_splits(out).items()} == \
+        dict(train=[], val=['t2'], test=['t0', 't1'])
+    skipped = [(Path(s['path']).name, s['audio_id'], s['reason']) for s in map(json.loads, open(out / 'skipped.jsonl'))]
+    assert skipped == [('m.jsonl:3', None, 'bad_record'), ('m.jsonl:4', None, 'bad_record'), ('m.wav', 'm', 'missing'),
+                       ('m.wav', 'm_3', 'missing'), ('m_2.wav', 'm_2', 'missing'), ('m.wav', 'm_4', 'missing'),
+                       ('n.wav', 'n', 'missing'), ('o.wav', 'o', 'missing')]
+
+
 def test_import_run_holds_out_speakers(tmp_path):
     src = tmp_path / 'VCTK-Corpus'
     (src / 'speaker-info.txt').parent.mkdir(parents=True)
@@ -387,9 +425,14 @@ def test_import_run_holds_out_speakers(tmp_path):
             write_tone(src / 'wav48' / f'p{s}' / f'p{s}_00{u}.wav', f0=120 + 10 * (s % 7))
             (src / 'txt' / f'p{s}').mkdir(parents=True, exist_ok=True)
             (src / 'txt' / f'p{s}' / f'p{s}_00{u}.txt').write_text('Ask her to bring these things.')
+    for u in (1, 2):  # 0.80 and 0.92 unpacked in one folder: the same utterances again, one id for two files
+        write_tone(src / 'wav48_silence_trimmed' / 'p225' / f'p225_00{u}_mic1.flac')
     out = tmp_path / 'out'
     r = run_prepare('--source=vctk', f'--source_dir={src}', f'--out_dir={out}')
     assert r.returncode == 0, r.stderr
+    assert [(s['audio_id'], s['reason']) for s in map(json.loads, open(out / 'skipped.jsonl'))] == \
+        [('p225_001', 'duplicate_id'), ('p225_002', 'duplicate_id')]
+    assert 'duplicate_id: 2' in r.stderr
     splits = read_splits(out)
     speakers = {s: {r['speaker'] for r in rows} for s, rows in splits.items()}
     assert [len(speakers[s]) for s in ('train', 'val', 'test')] == [8, 1, 1]
@@ -404,3 +447,6 @@ def test_cli_errors(tmp_path):
     assert r.returncode == 2 and 'unknown --source' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_prepare('--source=vctk', f'--source_dir={tmp_path / "nope"}', f'--out_dir={tmp_path}')
     assert r.returncode == 2 and str(tmp_path / 'nope') in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_prepare('--source=manifest', f'--source_dir={tmp_path}', f'--out_dir={tmp_path / "out"}')  # not a file
+    assert r.returncode == 2 and f'cannot read {tmp_path} as --source=manifest' in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
