@@ -47,7 +47,7 @@ whisper = 'weights/whisper-base.pt'
 llm = 'weights/qwen2.5-coder-0.5b-instruct'
 adapter = ''  # a trained adapter (realistic reply lengths); '' = a fresh random one
 device = 'auto'  # 'auto' = cuda, then cpu
-dtype = 'auto'  # 'auto': train.py's (bf16 autocast) for training, sample.py's (model.generation_dtype) for answers
+dtype = 'auto'  # 'auto': model.generation_dtype, bf16 where the hardware computes in it, else fp32 (as train.py on CPUs)
 n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
 batch_size = 4  # training rows per step
 n_train_steps = 3  # timed training steps per way, rounded up to whole passes over the batches
@@ -124,9 +124,7 @@ if device == 'auto':
 device_type = 'cuda' if device.startswith('cuda') else device
 if dtype not in ('auto', 'float32', 'bfloat16'):
     sys.exit(f"error: dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
-bf16_ok = device_type != 'cuda' or torch.cuda.is_bf16_supported()
-train_dtype = dtype if dtype != 'auto' else 'bfloat16' if bf16_ok else 'float32'
-infer_dtype = dtype if dtype != 'auto' else generation_dtype(device)
+train_dtype = infer_dtype = dtype if dtype != 'auto' else generation_dtype(device)  # train.py's and sample.py's
 # train.py's precision: autocast on CUDA and for bf16 on CPU; the cache keeps bf16 unless the run is float32
 use_autocast = train_dtype != 'float32' and device_type in ('cuda', 'cpu')
 train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()  # noqa: E731

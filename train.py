@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from model import DTYPES, AdapterConfig, compile_decoder_layers, load_model, training_flops
+from model import DTYPES, AdapterConfig, compile_decoder_layers, generation_dtype, load_model, training_flops
 
 t_launch = time.time()
 
@@ -80,7 +80,7 @@ max_seconds_total = 0.0  # wall-clock limit of this process in seconds, start-up
 max_bad_steps = 5  # stop (exit code 3) after this many non-finite losses in a row
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'bfloat16' if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else 'float16'  # or 'float32'
+dtype = 'auto'  # bf16 where the hardware computes in it, fp16 (GradScaler) on older GPUs, else fp32; or name one
 compile = False  # torch.compile the adapter and the LLM's decoder layers (model.compile_decoder_layers)
 seed = 1337  # adapter init, data order and dropout
 num_threads = 0  # torch CPU threads per process; 0 = torch's default
@@ -110,8 +110,8 @@ def warn(message):
 # --- checks that need nothing loaded: fail fast ---
 if init_from not in ('scratch', 'resume'):
     die(f"init_from must be 'scratch' or 'resume', not {init_from!r}")
-if dtype not in DTYPES:
-    die(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+if dtype != 'auto' and dtype not in DTYPES:
+    die(f"dtype must be auto or one of {', '.join(DTYPES)}, not {dtype!r}")
 if eval_interval < 1 or log_interval < 1:
     die(f"eval_interval and log_interval must be at least 1, not {eval_interval} and {log_interval}")
 pairs_files = {split: os.path.join(data_dir, f'{split}_pairs.jsonl') for split in ('train', 'val')}
@@ -136,6 +136,8 @@ ddp = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 device_type = 'cuda' if device.startswith('cuda') else device
+if dtype == 'auto':  # a CPU without bf16 instructions emulates it, many times slower than fp32 (config/demo_cpu.py)
+    dtype = 'float16' if device_type == 'cuda' and not torch.cuda.is_bf16_supported() else generation_dtype(device)
 if ddp:
     if backend == 'auto':
         backend = 'nccl' if device_type == 'cuda' else 'gloo'

@@ -26,6 +26,8 @@ log_interval = 1
 max_seconds_total = 900.0  # 15 minutes at most, start-up included: the run stops cleanly with a checkpoint
 
 device = 'cpu'
-dtype = 'bfloat16'  # the frozen LLM's forward+backward is ~1.4x faster than in fp32 on CPUs with AVX512-BF16
+# bf16 on CPUs with AVX512-BF16 or AMX, where the frozen LLM's forward+backward is ~1.4x faster than in fp32; fp32 on
+# the others, which emulate bf16 many times slower (README, "On a CPU without bf16 instructions")
+dtype = 'auto'
 cache_features = True  # whisper-base features: ~154 kB per second of audio
 compile = False

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from conftest import ROOT, chirp
 
-from model import AdapterConfig, DeSTA2, load_model, read_adapter_config
+from model import AdapterConfig, DeSTA2, generation_dtype, load_model, read_adapter_config
 
 INSTRUCTION = "What can you hear from the audio?"
 TARGETS = ["a female speaker with a Scottish accent", "a male voice with a low pitch", "the quick brown fox",
@@ -181,11 +181,13 @@ def test_resume_continues_exactly(tiny_paths, steerable_llm, data_dir, reference
 
 
 def test_time_limit_stops_cleanly_with_a_checkpoint(tiny_paths, data_dir, tmp_path):
-    """Out of time, the run finishes its step, evaluates, saves and exits 0 (resuming: the resume tests)."""
+    """Out of time, the run finishes its step, evaluates, saves and exits 0 (resuming: the resume tests). dtype=auto
+    trains in bf16 only on CPUs with bf16 instructions (others emulate it, many times slower than fp32)."""
     kw = dict(whisper=tiny_paths[0], llm=tiny_paths[1], data_dir=data_dir)
     proc = run_train(tmp_path, "--batch_size=6", "--max_iters=1000", "--eval_interval=1000", "--max_seconds_total=0.001",
-                     **kw)
+                     "--dtype=auto", **kw)
     assert "done: max_seconds_total=0.001 reached at iter 1" in proc.stdout and "eval at iter 1:" in proc.stdout
+    assert f"device cpu, {generation_dtype('cpu')}, 1 process(es)" in proc.stdout
     assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["iter_num"] == 1
     assert (tmp_path / "adapter.safetensors").exists()
 
