@@ -37,6 +37,7 @@ from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer
 
 from audio import MAX_SECONDS, AudioError, load_audio, resample
+from prepare import write_atomic
 
 # -----------------------------------------------------------------------------
 # config: defaults, then config/<name>.py files and --key=value overrides (configurator.py)
@@ -628,15 +629,6 @@ def fail(message):
     sys.exit(2)
 
 
-def write_atomic(path, text):
-    """Write through a temporary file in the same folder: an interrupted run leaves the old file or the new one,
-    never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     globals().update(DEFAULTS)  # so main() can run twice in one process (the tests)
     saved_argv = sys.argv
@@ -796,8 +788,8 @@ def main(argv=None):
             except RuntimeError as e:
                 report['judge'][s] = {'error': str(e)}
     md = markdown_report(report)
-    write_atomic(os.path.join(out_dir, 'report.json'), json.dumps(report, indent=2))
-    write_atomic(os.path.join(out_dir, 'report.md'), md)
+    for name, text in (('report.json', json.dumps(report, indent=2)), ('report.md', md)):
+        write_atomic(os.path.join(out_dir, name), lambda tmp: open(tmp, 'w').write(text))
     print(md)
     return report
 
