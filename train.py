@@ -566,8 +566,9 @@ while True:
         n_rows = sum(len(idx) for idx in step_batches)
         n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
         n_tokens = sum(splits['train']['lengths'][i][1] + n_queries for idx in step_batches for i in idx)
-        flops = sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx]) for idx in step_batches)
-        mfu = flops / dt / (peak_flops * world_size) if peak_flops else None
+        # FLOPs counted only where there is a peak to divide them by (CUDA), not on every CPU step
+        mfu = (sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx]) for idx in step_batches)
+               / dt / (peak_flops * world_size) if peak_flops else None)
         eta = (max_iters - iter_num - 1) * dt_avg
         if max_seconds_total > 0:
             eta = max(0.0, min(eta, max_seconds_total - (time.time() - t_launch)))
