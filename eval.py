@@ -49,7 +49,8 @@ llm = ''
 out_dir = 'eval_results'
 systems = 'trained,untrained,cascade,text_seed,chance'
 tasks = 'gender,pitch,speed,volume,accent,noise,emotion,transcription,matching'  # attributes the data lacks are dropped
-limit = 0  # instances per task (0 = all)
+limit = 0  # instances per task and engine (0 = all)
+engines = ''  # comma-separated: only the held-out clips of these engines (a row's 'engine'); '' = every clip
 if_limit = 40  # instruction-following instances (0 = skip)
 max_new_tokens = 48  # classification and matching answers (the instructions ask for a few words)
 long_new_tokens = 96  # transcription, instruction-following and open-ended answers
@@ -206,6 +207,7 @@ class Instance:
     audio_key: str = ''  # one key per clip, for the clip and transcript caches
     seed_transcript: str = ''  # what text_seed reads in the audio's place ('' = not available)
     rule: tuple = None  # ifeval: (kind, params)
+    engine: str = ''  # the synthetic corpus's engine of the clip ('' for other corpora): the report's tables by engine
 
 
 FIXED_OPTIONS = {'gender': ['male', 'female'], 'pitch': ['low', 'normal', 'high'], 'speed': ['slow', 'normal', 'fast'],
@@ -273,16 +275,17 @@ def label_balanced(rows, key):
 
 def build_instances(rows, task_names, limit=0, if_limit=0, judge_limit=0, seed=0):
     """Instances from held-out rows. A limit keeps the first rows of a seeded shuffle, for an attribute dealt over its
-    values (label_balanced). Returns (instances, dropped tasks)."""
+    values (label_balanced), in each engine's clips alike. Returns (instances, dropped tasks)."""
     order = sorted(rows, key=lambda r: digest(seed, r['audio_id']))
     cap = lambda xs, n: xs[:n] if n > 0 else xs
-    clip = lambda r: dict(audio=r['audio'], audio_key=r['audio'], seed_transcript=r.get('seed_transcript') or '')
+    clip = lambda r: dict(audio=r['audio'], audio_key=r['audio'], seed_transcript=r.get('seed_transcript') or '',
+                          engine=r.get('engine') or '')
     out, dropped = [], []
-    for task in task_names:
+    for task, engine in itertools.product(task_names, sorted({r.get('engine') or '' for r in rows})):
         key = 'transcription' if task in ('transcription', 'matching') else task
-        eligible = [r for r in order if r.get(key) not in (None, '')]
+        eligible = [r for r in order if r.get(key) not in (None, '') and (r.get('engine') or '') == engine]
         if not eligible:
-            dropped.append(task)
+            dropped += [task] if not any(r.get(key) not in (None, '') for r in rows) and task not in dropped else []
             continue
         if task == 'transcription':
             out += [Instance(f"{task}/{r['audio_id']}", task, pick(QUESTIONS[task], seed, task, r['audio_id']) +
@@ -585,41 +588,80 @@ def pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def engine_title(engine, trained_engines):
+    """What an engine's rows measure: voices the adapter never heard, of an engine it was trained on, or an engine
+    never in training at all (trained_engines None: unknown, no train.jsonl beside the test split)."""
+    if trained_engines is None:
+        return engine
+    return f"{engine}: held-out voices of an engine in training" if engine in trained_engines else \
+        f"{engine}: an engine never in training"
+
+
+def score_report(system_names, insts, answers):
+    """Per system, its results per task (score_system) and its instruction following (score_ifeval)."""
+    ife = {s: score_ifeval(insts, answers.get(s, {})) for s in system_names if s != 'chance'}
+    have = lambda s: s in ife and ife[s]['if_rate'] is not None
+    return {'results': {s: score_system(s, insts, answers.get(s, {})) for s in system_names},
+            'instruction_following': {'kinds': list(FORMAT_RULES), 'systems': ife, 'forgetting':
+                                      ife['text_seed']['if_rate'] - ife['trained']['if_rate']
+                                      if have('text_seed') and have('trained') else None}
+            if any(i.task == 'ifeval' for i in insts) else None}
+
+
+def by_engine(system_names, task_order, insts, answers, trained_engines):
+    """score_report for each engine's clips, titled by what they measure (engine_title)."""
+    parts = {}
+    for engine in sorted({i.engine for i in insts if i.engine}):
+        mine = [i for i in insts if i.engine == engine]
+        parts[engine] = {'title': engine_title(engine, trained_engines), 'n_clips': len({i.audio_key for i in mine}),
+                         'tasks': [t for t in task_order if any(i.task == t for i in mine)],
+                         **score_report(system_names, mine, answers)}
+    return parts
+
+
 def markdown_report(rep):
-    names, lines = rep['systems'], []
+    lines = ["# nanoDeSTA evaluation", "", f"data: `{rep['config']['data_dir']}/{rep['config']['split']}.jsonl`"
+             f"{', Dynamic-SUPERB: `' + rep['config']['dynamic_superb_dir'] + '`' if rep['config']['dynamic_superb_dir'] else ''}"]
+    lines += markdown_tables(rep, rep['tasks'])
+    for engine, part in rep.get('by_engine', {}).items():
+        lines += ["", f"# {part['title']} ({part['n_clips']} clips)"] + markdown_tables(part, part['tasks'], '#')
+    if rep['skipped']:
+        lines += ["", f"skipped {len(rep['skipped'])} (see report.json): " + "; ".join(x['reason'] for x in rep['skipped'][:3])]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_tables(rep, tasks, deeper=''):
+    """The accuracy, invalid-answer, instruction-following and judge tables of a report or of one engine's part."""
+    names, lines = list(rep['results']), []
     head = lambda first: [f"| {first} | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    lines += ["# nanoDeSTA evaluation", "", f"data: `{rep['config']['data_dir']}/{rep['config']['split']}.jsonl`"
-              f"{', Dynamic-SUPERB: `' + rep['config']['dynamic_superb_dir'] + '`' if rep['config']['dynamic_superb_dir'] else ''}", "",
-              "## Accuracy (%), Dynamic-SUPERB scoring; transcription: WER (%), lower is better", ""] + head("task")
-    for task in rep['tasks']:
+    lines += ["", f"{deeper}## Accuracy (%), Dynamic-SUPERB scoring; transcription: WER (%), lower is better", ""] + head("task")
+    for task in tasks:
         cells = [rep['results'][s][task] for s in names]
         key = 'wer' if task == 'transcription' else 'accuracy'
         lines.append(f"| {task} | {max(c['n'] for c in cells)} | " + " | ".join(
             pct(c.get(key)) + ("" if c['n'] in (0, max(x['n'] for x in cells)) or c.get(key) is None else f" (n={c['n']})")
             for c in cells) + " |")
-    lines += ["", "## Invalid answers (%): naming several options / naming none", ""] + head("task")
-    for task in [t for t in rep['tasks'] if t != 'transcription']:
+    lines += ["", f"{deeper}## Invalid answers (%): naming several options / naming none", ""] + head("task")
+    for task in [t for t in tasks if t != 'transcription']:
         cells = [rep['results'][s][task] for s in names]
         lines.append(f"| {task} | {max(c['n'] for c in cells)} | " + " | ".join(
             f"{pct(c['invalid_rate'])} / {pct(c['no_answer_rate'])}" for c in cells) + " |")
     ife = rep.get('instruction_following')
     if ife:
-        lines += ["", f"## Instruction following (Speech-IFEval style, {len(ife['kinds'])} kinds of format constraint)", "",
+        lines += ["", f"{deeper}## Instruction following (Speech-IFEval style, {len(ife['kinds'])} kinds of format constraint)", "",
                   "| system | n | IF-rate (%) |", "|---|---|---|"]
         lines += [f"| {s} | {r['n']} | {pct(r['if_rate'])} |" for s, r in ife['systems'].items()]
         if ife.get('forgetting') is not None:
             lines += ["", f"forgetting rate (text_seed IF-rate - trained IF-rate): {100 * ife['forgetting']:.1f} points "
                           "(published DeSTA2: 3.6)"]
     if rep.get('judge'):
-        lines += ["", "## Open-ended answers, judged 1-10 against text_seed's answer (both orders averaged)", "",
+        lines += ["", f"{deeper}## Open-ended answers, judged 1-10 against text_seed's answer (both orders averaged)", "",
                   "| system | n scored | unparseable | model | reference |", "|---|---|---|---|---|"]
         for s, r in rep['judge'].items():
             fmt = lambda x: "n/a" if x is None else f"{x:.2f}"
             lines.append(f"| {s} | {r.get('n_scored', 0)} | {r.get('unparseable', '')} | {fmt(r.get('model_score'))} | "
                          f"{fmt(r.get('reference_score'))} |" if 'error' not in r else f"| {s} | error: {r['error']} | | | |")
-    if rep['skipped']:
-        lines += ["", f"skipped {len(rep['skipped'])} (see report.json): " + "; ".join(x['reason'] for x in rep['skipped'][:3])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -----------------------------------------------------------------------------
@@ -659,6 +701,8 @@ def main(argv=None):
     insts, skipped, dropped = [], [], []
     if os.path.exists(split_path):
         rows, skipped = read_split(split_path)
+        if engines:
+            rows = [r for r in rows if r.get('engine') in engines.split(',')]
         insts, dropped = build_instances(rows, [t for t in tasks.split(',') if t], limit, if_limit,
                                          judge_limit if judge else 0, seed)
     if dynamic_superb_dir:
@@ -760,13 +804,11 @@ def main(argv=None):
     # scores
     task_order = list(dict.fromkeys(i.task for i in insts if i.task not in ('ifeval', 'chat')))
     report = {'config': config, 'systems': system_names, 'tasks': task_order, 'dropped_tasks': dropped, 'skipped': skipped,
-              'results': {s: score_system(s, insts, answers.get(s, {})) for s in system_names}}
-    if any(i.task == 'ifeval' for i in insts):
-        ife = {s: score_ifeval(insts, answers[s]) for s in system_names if s != 'chance'}
-        have = lambda s: s in ife and ife[s]['if_rate'] is not None
-        report['instruction_following'] = {
-            'kinds': list(FORMAT_RULES), 'systems': ife,
-            'forgetting': ife['text_seed']['if_rate'] - ife['trained']['if_rate'] if have('text_seed') and have('trained') else None}
+              **score_report(system_names, insts, answers)}
+    if len({i.engine for i in insts if i.engine}) > 1:  # the same tables for each engine's clips
+        train_path = os.path.join(data_dir, 'train.jsonl')
+        trained_engines = {r.get('engine') for r in read_split(train_path)[0]} if os.path.exists(train_path) else None
+        report['by_engine'] = by_engine(system_names, task_order, insts, answers, trained_engines)
     if judge:
         jcache = Cache(os.path.join(out_dir, 'cache_judge.jsonl'))
         ask = local_judge(get_model, batch_size) if judge == 'local' else http_judge(judge, judge_model)

@@ -433,3 +433,26 @@ def test_missing_inputs_are_one_line_errors(tmp_path, capsys):
 def test_script_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "eval.py", f"--data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "prepare.py" in r.stderr
+
+
+def test_tables_by_engine():
+    # two engines' held-out clips: the limit counts per engine, and each engine gets its own tables, titled by whether
+    # the adapter was trained on that engine's other voices or never heard the engine at all
+    rows = [dict(audio_id=f"{e}{k}", audio=f"{e}{k}.wav", engine=e, gender=("Male", "Female")[k % 2],
+                 transcription="hi there", seed_transcript="s") for e in ("kokoro", "rhvoice") for k in range(6)]
+    insts, _ = ev.build_instances(rows, ["gender"], limit=4, if_limit=4, seed=1)
+    gender = [i for i in insts if i.task == "gender"]
+    assert sorted(i.engine for i in gender) == ["kokoro"] * 4 + ["rhvoice"] * 4
+    answers = {"trained": {i.id: i.label if i.engine == "kokoro" else "none of them" for i in insts}}
+    parts = ev.by_engine(["trained", "chance"], ["gender"], insts, answers, trained_engines={"kokoro", "espeak"})
+    assert parts["kokoro"]["title"] == "kokoro: held-out voices of an engine in training"
+    assert parts["rhvoice"]["title"] == "rhvoice: an engine never in training"
+    assert parts["kokoro"]["results"]["trained"]["gender"] == {"n": 4, "accuracy": 1.0, "invalid_rate": 0.0, "no_answer_rate": 0.0}
+    assert parts["rhvoice"]["results"]["trained"]["gender"]["no_answer_rate"] == 1.0
+    n_if = sum(i.task == "ifeval" for i in insts if i.engine == "kokoro")
+    assert parts["kokoro"]["instruction_following"]["systems"]["trained"]["n"] == n_if
+    report = {"config": {"data_dir": "d", "split": "test", "dynamic_superb_dir": ""}, "tasks": ["gender"], "skipped": [],
+              **ev.score_report(["trained", "chance"], insts, answers), "by_engine": parts}
+    md = ev.markdown_report(report)
+    assert "# kokoro: held-out voices of an engine in training (" in md and "# rhvoice: an engine never in training (" in md
+    assert md.count("| gender | 4 | 100.0 | 50.0 |") == 1 and md.count("| gender | 8 | 50.0 | 50.0 |") == 1  # all clips
