@@ -185,8 +185,6 @@ def watch_frames(model, seen):
 
 def train_way(model, way, n_steps):
     """Timed training steps the given way: dict(steps, rows, tokens, seconds, flops, frames, cache_s)."""
-    model.pad_to_30s = way == 'published'
-    model.reuse_prompt_start = way == 'ours'
     if compile and way == 'ours':
         compile_decoder_layers(model)
     model.adapter.load_state_dict(init_adapter)  # both ways start from the same adapter
@@ -225,10 +223,11 @@ def train_way(model, way, n_steps):
                 tapped[j, :, :f.shape[1]], frame_mask[j, :f.shape[1]] = f, True
         else:
             with train_ctx():
-                tapped, frame_mask = model.speech_features([audios[i] for i in idx])
+                tapped, frame_mask = model.speech_features([audios[i] for i in idx], pad_to_30s=True)
         with train_ctx():
             if way == 'ours':
-                loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx])
+                loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx],
+                             share_prompt_start=not compile)
             else:  # a causal-LM forward with labels: (B, S, vocab) logits over every position, as the published code does
                 batch = model.assemble(model.adapter(tapped, frame_mask), [pieces[i] for i in idx])
                 loss = model.llm(inputs_embeds=batch['inputs_embeds'], attention_mask=batch['attention_mask'],
@@ -266,9 +265,6 @@ def train_way(model, way, n_steps):
 
 def infer_way(model, way):
     """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
-    model.pad_to_30s = way == 'published'
-    model.reuse_prompt_start = way == 'ours'
-    model.draft_tokens = draft_tokens if way == 'ours' else 0  # prompt-lookup decoding at batch 1
     model.eval()
     frames, whisper_s = [], [0.0]
 
@@ -282,7 +278,9 @@ def infer_way(model, way):
         t0, n0, whisper_s[0] = clock(), model.n_generated, 0.0
         for k in range(0, len(ids), bs):
             chunk = ids[k:k + bs]
-            model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens)
+            model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens,
+                           draft_tokens=draft_tokens if way == 'ours' else 0, share_prompt_start=way == 'ours',
+                           pad_to_30s=way == 'published')
         return clock() - t0, model.n_generated - n0, whisper_s[0]
 
     hook = watch_frames(model, frames)

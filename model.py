@@ -1,16 +1,15 @@
 """
-The DeSTA2 speech language model in one file.
-
-    wav -> frozen Whisper encoder -> hidden states of a few tapped blocks, standardized per channel
-        -> Q-Former adapter (the only trained part) -> 64 vectors in the LLM's embedding space
-        -> [64 speech vectors + Whisper's transcript] in the chat prompt of a frozen instruction-tuned LLM
-
-References: Lu et al., "Developing Instruction-Following Speech Language Model Without Speech
-Instruction-Tuning Data" (DeSTA2, 2024). Dimensions follow the published model; see AdapterConfig.
+DeSTA2 (Lu et al., "Developing Instruction-Following Speech Language Model Without Speech Instruction-Tuning Data",
+2024) in one file, in the order the data flows; dimensions as published (AdapterConfig):
+    wav -> log-mel -> frozen Whisper encoder on the clip's real length -> outputs of a few tapped blocks
+        -> Q-Former adapter (the only trained part) -> n_queries vectors in the LLM's embedding space
+        -> chat prompt <audio>[speech vectors] Whisper's transcript</audio> instruction -> frozen instruction-tuned LLM
+Speed tricks stay off that path, switched by arguments: share_prompt_start (the prompt start all rows share runs once,
+into a KV cache), draft_tokens (prompt-lookup drafts for one greedy answer); also compile_decoder_layers for training on
+a GPU. EXPERIMENTS.md, "Speed, measured on a CPU" and "... on a GPU", says what each saves.
 """
 import copy
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
@@ -21,11 +20,7 @@ import torch.nn.functional as F
 import whisper
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
-
-# ----------------------------------------------------------------------------------------------------
-# configuration
-
+from whisper.audio import HOP_LENGTH
 
 @dataclass
 class AdapterConfig:
@@ -36,28 +31,62 @@ class AdapterConfig:
     n_queries: int = 64  # learned queries per tapped block = speech vectors per clip
     n_qformer_layer: int = 2  # one BERT-style stack, shared by all tapped blocks
     dropout: float = 0.1
-    # read off the base models when the model is built
-    n_audio_state: int = 0  # Whisper encoder width, also the Q-Former width
+    n_audio_state: int = 0  # Whisper encoder width, also the Q-Former width (these three: read off the base models)
     n_audio_head: int = 0  # Whisper encoder heads, also the Q-Former heads
     n_llm_state: int = 0  # LLM hidden size
 
+# ---- wav -> log-mel -> the frozen Whisper encoder, run on the audio's real length -> tapped blocks' outputs ----
+def audio_to_mel(audios, n_mels: int, pad_to_30s: bool = False):
+    """Log-mel spectrograms of 16 kHz mono float arrays -> (B, n_mels, 2*T) and the frame mask (B, T). Each clip's mel
+    is computed alone, as Whisper normalises by the clip's own maximum. pad_to_30s pads every clip to 30 s (all 1500
+    frames count), as Whisper was trained and as the published DeSTA2 code does."""
+    mels = []
+    for audio in audios:
+        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if pad_to_30s:
+            audio = whisper.pad_or_trim(audio)
+        else:  # whole pairs of mel frames, because the encoder's second convolution has stride 2
+            audio = F.pad(audio, (0, -len(audio) % (2 * HOP_LENGTH)))
+        mels.append(whisper.log_mel_spectrogram(audio, n_mels))
+    n_mel_frames = torch.tensor([m.shape[1] for m in mels])
+    # zeros past a clip's end stand where the first convolution's own zero padding would: the batch changes nothing
+    mel = nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+    frame_mask = torch.arange(mel.shape[2] // 2)[None, :] < (n_mel_frames[:, None] // 2)
+    return mel, frame_mask
 
 def default_tapped_layers(n_layer: int) -> tuple:
-    # DeSTA2 taps 4 evenly spaced blocks ending with the last one (small: 2,5,8,11; tiny: 0,1,2,3;
-    # medium: 5,11,17,23), and every 4th block of the 32-block large ones (3,7,...,31). When 4 does not divide the
-    # depth (base has 6 blocks) we keep the spacing even and tap fewer blocks: base -> 1,3,5.
+    # DeSTA2 taps 4 evenly spaced blocks ending with the last (small: 2,5,8,11; tiny: 0,1,2,3; medium: 5,11,17,23), and
+    # every 4th of large's 32 (3,7,...,31). Where 4 does not divide the depth, fewer evenly spaced ones: base -> 1,3,5.
     n_taps = n_layer // 4 if n_layer >= 32 else next(t for t in (4, 3, 2, 1) if n_layer % t == 0)
     stride = n_layer // n_taps
     return tuple(stride * (i + 1) - 1 for i in range(n_taps))
 
+def encoder_block(block, x, key_mask):
+    """One Whisper encoder block with padded frames masked out (openai-whisper's own block takes no padding mask)."""
+    B, T, D = x.shape
+    attn, h = block.attn, block.attn_ln(x)
+    q, k, v = (proj(h).view(B, T, attn.n_head, -1).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    x = x + attn.out(a.transpose(1, 2).reshape(B, T, D))
+    return x + block.mlp(block.mlp_ln(x))
 
-# ----------------------------------------------------------------------------------------------------
-# the adapter: a BERT-style Q-Former in plain torch
+def encode_tapped_layers(encoder, mel, frame_mask, tapped_layers):
+    """The tapped blocks' outputs (B, L, T, D) for (B, n_mels, 2*T) mels. Whisper was trained on 30-s windows; we run
+    it on the real length (the positional embedding sliced), which saves most of its cost on short clips. Sound for a
+    frozen feature extractor: each frame keeps its position, and the adapter is trained on exactly these features."""
+    x = F.gelu(encoder.conv1(mel))
+    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, T, D)
+    x = x + encoder.positional_embedding[: x.shape[1]].to(x.dtype)
+    tapped = []
+    for i, block in enumerate(encoder.blocks[: max(tapped_layers) + 1]):  # blocks past the last tap are not needed
+        x = encoder_block(block, x, frame_mask)
+        if i in tapped_layers:
+            tapped.append(x)  # raw block output, before the encoder's final LayerNorm
+    return torch.stack(tapped, dim=1)
 
-
+# ---- tapped blocks' outputs -> the adapter, a BERT-style Q-Former in plain torch -> speech vectors ----
 class QFormerAttention(nn.Module):
     """Multi-head attention in BERT's post-LayerNorm form: LayerNorm(x + Dropout(Attention(x, context)))."""
-
     def __init__(self, n_state: int, n_head: int, dropout: float):
         super().__init__()
         self.n_head, self.dropout = n_head, dropout
@@ -68,8 +97,7 @@ class QFormerAttention(nn.Module):
         self.ln = nn.LayerNorm(n_state, eps=1e-12)
 
     def forward(self, x, context=None, mask=None):
-        # x: (B, Q, D) queries; context: (B, T, D) frames for cross-attention (None = self-attention)
-        # mask: (B, 1, 1, T) bool, True where a frame is real audio
+        # x: (B, Q, D) queries; context: (B, T, D) frames (None = self-attention); mask: (B, 1, 1, T), True on audio
         context = x if context is None else context
         B, Q, D = x.shape
         q = self.query(x).view(B, Q, self.n_head, -1).transpose(1, 2)
@@ -80,10 +108,8 @@ class QFormerAttention(nn.Module):
         a = a.transpose(1, 2).reshape(B, Q, D)
         return self.ln(x + F.dropout(self.out(a), p, self.training))
 
-
 class QFormerLayer(nn.Module):
     """Self-attention among the queries, cross-attention from queries to frames, 4x GELU feed-forward."""
-
     def __init__(self, n_state: int, n_head: int, dropout: float):
         super().__init__()
         self.self_attn = QFormerAttention(n_state, n_head, dropout)
@@ -97,10 +123,8 @@ class QFormerLayer(nn.Module):
         x = self.cross_attn(x, frames, mask)
         return self.mlp_ln(x + F.dropout(self.mlp(x), self.dropout, self.training))
 
-
 class SpeechAdapter(nn.Module):
     """Tapped Whisper hidden states -> n_queries vectors in the LLM's embedding space."""
-
     def __init__(self, config: AdapterConfig):
         super().__init__()
         c = config
@@ -108,16 +132,12 @@ class SpeechAdapter(nn.Module):
         self.queries = nn.Parameter(torch.randn(n_tapped, c.n_queries, c.n_audio_state))  # 64 per tapped block
         # which tapped block each query listens to: zeros = an even mix at the start of training
         self.layer_weights = nn.Parameter(torch.zeros(c.n_queries, n_tapped))
-        self.layers = nn.ModuleList(
-            [QFormerLayer(c.n_audio_state, c.n_audio_head, c.dropout) for _ in range(c.n_qformer_layer)]
-        )
+        self.layers = nn.ModuleList([QFormerLayer(c.n_audio_state, c.n_audio_head, c.dropout) for _ in range(c.n_qformer_layer)])
         self.ln_out = nn.LayerNorm(c.n_audio_state)
         self.proj = nn.Linear(c.n_audio_state, c.n_llm_state)
-        # Whisper's residual stream has a few channels far larger than the rest and nearly the same in every clip
-        # (per-channel std from 0.12 to 54 over the demo's whisper-base taps). They dominate the Q-Former's keys and
-        # values, and the adapter learns a constant soft prompt. Standardized per channel with the training clips'
-        # statistics (train.py sets them, unless --standardize_features=False; saved with the adapter), the frames'
-        # differences get through. Zeros and ones, no change, until set. Not in the published model.
+        # Whisper has a few huge channels, nearly the same in every clip, that drown the rest in the keys and values:
+        # standardized with the training clips' per-channel statistics (train.py sets them, saved with the adapter), the
+        # clips' differences get through. No change until set. Not in the published model; see EXPERIMENTS.md.
         self.register_buffer("feature_mean", torch.zeros(n_tapped, c.n_audio_state))
         self.register_buffer("feature_std", torch.ones(n_tapped, c.n_audio_state))
 
@@ -141,110 +161,34 @@ class SpeechAdapter(nn.Module):
         self.load_state_dict({"feature_mean": torch.zeros_like(self.feature_mean),
                               "feature_std": torch.ones_like(self.feature_std), **state})
 
-
-# ----------------------------------------------------------------------------------------------------
-# the frozen Whisper encoder, run on the real length of the audio
-
-
-def audio_to_mel(audios, n_mels: int, pad_to_30s: bool = False):
-    """Log-mel spectrograms of a batch of 16 kHz mono float arrays -> (B, n_mels, 2*T) and the frame mask (B, T).
-
-    Each clip's mel is computed alone because Whisper normalises by the clip's own maximum: computing the
-    batch at once would let one clip's loudness change another's features. With pad_to_30s every clip is
-    padded to 30 s as Whisper was trained (and as the published DeSTA2 code does), and all 1500 frames count.
-    """
-    mels = []
-    for audio in audios:
-        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        if pad_to_30s:
-            audio = whisper.pad_or_trim(audio)
-        else:
-            # whole pairs of mel frames, because the encoder's second convolution has stride 2
-            audio = F.pad(audio, (0, -len(audio) % (2 * HOP_LENGTH)))
-        mels.append(whisper.log_mel_spectrogram(audio, n_mels))
-    n_mel_frames = torch.tensor([m.shape[1] for m in mels])
-    # zeros past a clip's end stand exactly where the first convolution's own zero padding would be,
-    # so a clip's features do not depend on what else is in the batch
-    mel = torch.zeros(len(mels), n_mels, int(n_mel_frames.max()))
-    for i, m in enumerate(mels):
-        mel[i, :, : m.shape[1]] = m
-    frame_mask = torch.arange(mel.shape[2] // 2)[None, :] < (n_mel_frames[:, None] // 2)
-    return mel, frame_mask
-
-
-def encoder_block(block, x, key_mask):
-    """One Whisper encoder block (pre-LayerNorm residual attention + MLP), with padded frames masked out.
-
-    openai-whisper's own block takes no padding mask, so we run its weights here.
-    """
-    B, T, D = x.shape
-    attn, h = block.attn, block.attn_ln(x)
-    q, k, v = (proj(h).view(B, T, attn.n_head, -1).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-    x = x + attn.out(a.transpose(1, 2).reshape(B, T, D))
-    return x + block.mlp(block.mlp_ln(x))
-
-
-def encode_tapped_layers(encoder, mel, frame_mask, tapped_layers):
-    """Run the frozen encoder on (B, n_mels, 2*T) mels and return the tapped blocks' outputs (B, L, T, D).
-
-    Whisper was trained on 30-s windows, yet we run it on the real length by slicing the sinusoidal positional
-    embedding. That is sound for a frozen feature extractor: the weights do not depend on the window length,
-    each frame keeps its true position, and the adapter is trained on exactly these features, so it never sees
-    a mismatch between training and inference. It saves most of the encoder's cost on short clips
-    (attention is quadratic in frames). The padded behaviour stays available as pad_to_30s.
-    """
-    x = F.gelu(encoder.conv1(mel))
-    x = F.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (B, T, D)
-    x = x + encoder.positional_embedding[: x.shape[1]].to(x.dtype)
-    tapped = []
-    for i, block in enumerate(encoder.blocks[: max(tapped_layers) + 1]):  # blocks past the last tap are not needed
-        x = encoder_block(block, x, frame_mask)
-        if i in tapped_layers:
-            tapped.append(x)  # raw block output, before the encoder's final LayerNorm
-    return torch.stack(tapped, dim=1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the chat layout: ONE place that decides where the audio and the text go, used by pair generation,
-# training, sampling and evaluation
-
+# ---- the chat layout: ONE place that decides where audio and text go, for pairs, training, sampling, eval ----
 AUDIO_START, AUDIO_END = "<audio>", "</audio>"
 SPEECH_SLOT = "<|speech|>"  # stands for the speech vectors while the prompt is a string
 DEFAULT_INSTRUCTION = "What can you hear from the audio?"
 
-
 def chat_messages(audio_text: str, instruction: str) -> list:
-    """The conversation for one example. audio_text is what stands in the audio's place: SPEECH_SLOT + transcript
-    for the speech model, or the seed transcript for pair generation and for the text-only baselines.
-    The audio goes inside the user turn between markers (as DeSTA2.5 does), because chat templates such as
-    Qwen's do not render an extra "audio" role."""
+    """The conversation for one example. audio_text stands in the audio's place: SPEECH_SLOT + transcript for the
+    speech model, the seed transcript for pair generation and the text-only baselines. It goes inside the user turn
+    between markers (as DeSTA2.5 does) because chat templates such as Qwen's do not render an "audio" role."""
     return [{"role": "user", "content": f"{AUDIO_START}{audio_text}{AUDIO_END}\n{instruction}"}]
-
 
 def render_prompt(tokenizer, audio_text: str, instruction: str) -> str:
     """The chat prompt up to where the assistant's reply begins, as a string (the LLM's own chat template)."""
     return tokenizer.apply_chat_template(chat_messages(audio_text, instruction), tokenize=False, add_generation_prompt=True)
 
-
 def end_of_turn_id(tokenizer) -> int:
     """The token that closes an assistant turn in this LLM's chat template (<|im_end|> for Qwen, <|eot_id|> for Llama 3)."""
     marker = "XYZZY"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
-    )
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
     closing = text[text.rindex(marker) + len(marker) :].strip()
     return tokenizer(closing, add_special_tokens=False).input_ids[0]
-
 
 @dataclass
 class TextPieces:
     """One example's token ids around the speech vectors: prefix [speech] suffix target."""
-
     prefix: list  # chat header and the audio-start marker
     suffix: list  # transcript, audio-end marker, instruction, assistant header
     target: list = field(default_factory=list)  # reply + end-of-turn (training only)
-
 
 def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_tokens=200, eot_id=None):
     """Token ids for one example. The transcript and the target are each cut to max_text_tokens (DeSTA2 cuts its text
@@ -261,22 +205,34 @@ def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_t
         pieces.target = target_ids[:max_text_tokens] + ([eot_id] if len(target_ids) <= max_text_tokens else [])
     return pieces
 
+# ---- token ids and speech vectors -> inputs_embeds -> the frozen LLM -> loss on the reply ----
+def pad_rows(rows, value, pad_left):
+    """Lists of different lengths -> one (B, S) tensor, padded on the left or the right with value."""
+    S = max(len(r) for r in rows)
+    return torch.tensor([[value] * (S - len(r)) + r if pad_left else r + [value] * (S - len(r)) for r in rows])
 
-# ----------------------------------------------------------------------------------------------------
-# the whole model
+def mask_and_positions(rows, pad_left, n_start=0):
+    """attention_mask (B, n_start + S) and position_ids (B, S) for padded rows that follow n_start shared tokens held
+    in a KV cache: the mask covers those too, and positions count real tokens only, going on after them."""
+    real = pad_rows([[1] * len(r) for r in rows], 0, pad_left)
+    attention_mask = torch.cat([torch.ones(len(rows), n_start, dtype=real.dtype), real], dim=1)
+    return attention_mask, n_start + (real.cumsum(-1) - 1).clamp(min=0)
 
+def llm_head(llm, hidden):
+    """Logits for (N, hidden): the LM head (136 M of Qwen2.5-0.5B's 494 M weights) runs only on the positions used, always
+    on a 2-D matrix (on a strided (B, 1, hidden) view PyTorch on CPU copied the bf16 head per row). Fine for Llama and
+    Qwen2, whose causal-LM forward adds nothing after the head."""
+    return llm.get_output_embeddings()(hidden)
 
 class DeSTA2(nn.Module):
-    def __init__(self, whisper_model, llm, tokenizer, config: AdapterConfig, pad_to_30s: bool = False):
+    """Frozen Whisper -> SpeechAdapter -> frozen LLM: forward is the training loss, generate answers about clips."""
+    def __init__(self, whisper_model, llm, tokenizer, config: AdapterConfig):
         super().__init__()
         self.config = config
         self.whisper, self.llm, self.tokenizer = whisper_model, llm, tokenizer
         self.adapter = SpeechAdapter(config)
-        self.pad_to_30s = pad_to_30s
-        self.reuse_prompt_start = True  # False: recompute the shared prompt start in every row (the published way)
-        self.draft_tokens = 10  # prompt-lookup drafts per step when answering one clip greedily; 0 = off (see llm_decode)
         self.n_generated = 0  # tokens generated so far, end-of-turn tokens included (for throughput figures)
-        self._start = None  # (key, batch-1 KV cache) of the shared prompt start, see prompt_start
+        self._prompt_start = None  # (key, batch-1 KV cache) of the last shared prompt start (shared_prompt_start)
         self.eot_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eot_id
         # only the adapter trains: the base models are frozen and stay in eval mode (no dropout) for good
@@ -284,21 +240,17 @@ class DeSTA2(nn.Module):
             base.requires_grad_(False)
             base.eval()
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True):  # the adapter alone: the base models stay in eval mode
         self.training = mode
         self.adapter.train(mode)
         return self
 
-    # --- speech -> vectors ---
-
     @torch.no_grad()
-    def speech_features(self, audios, layers=None):
-        """Tapped Whisper block outputs (B, L, T, D) and the frame mask (B, T) for a list of 16 kHz arrays; layers
-        overrides which blocks. The encoder is frozen, so these can be computed once per clip and cached."""
+    def speech_features(self, audios, layers=None, pad_to_30s=False):
+        """Tapped Whisper block outputs (B, L, T, D) and the frame mask (B, T) for 16 kHz arrays (frozen: computed once per
+        clip and cached in training); layers overrides which blocks. pad_to_30s: the published way, padding counts."""
         device = self.whisper.device
-        mel, frame_mask = audio_to_mel(audios, self.whisper.dims.n_mels, self.pad_to_30s)
-        if self.pad_to_30s:
-            frame_mask = torch.ones_like(frame_mask)  # the published way: the padding counts as audio
+        mel, frame_mask = audio_to_mel(audios, self.whisper.dims.n_mels, pad_to_30s)
         frame_mask = frame_mask.to(device)
         tapped = encode_tapped_layers(self.whisper.encoder, mel.to(device), frame_mask, layers or self.config.tapped_layers)
         return tapped, frame_mask
@@ -306,8 +258,7 @@ class DeSTA2(nn.Module):
     @torch.no_grad()
     def transcribe(self, audios):
         """Whisper's own transcript of each clip: greedy, English, no timestamps, one 30-s window per clip."""
-        n_mels = self.whisper.dims.n_mels
-        mel = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(a, dtype=torch.float32)), n_mels) for a in audios])
+        mel, _ = audio_to_mel(audios, self.whisper.dims.n_mels, pad_to_30s=True)
         return self.decode_transcripts(mel.to(self.whisper.device))
 
     def decode_transcripts(self, mel_or_encoded):
@@ -318,37 +269,25 @@ class DeSTA2(nn.Module):
 
     @torch.no_grad()
     def padded_features_and_transcripts(self, audios):
-        """With pad_to_30s, one encoder pass gives both the tapped states (as speech_features) and the transcripts,
-        as the published code gets both from one whisper.generate(..., output_hidden_states=True). Trimmed features
-        cannot be shared this way: Whisper only transcribes reliably from its 30-s window."""
-        assert self.pad_to_30s, "the trimmed features come from another encoder pass than the transcript"
+        """speech_features(audios, pad_to_30s=True) and the transcripts from that one encoder pass, as the published code
+        gets both from whisper.generate(..., output_hidden_states=True). Whisper only transcribes well from 30-s windows."""
         taps, last = self.config.tapped_layers, len(self.whisper.encoder.blocks) - 1
         layers = sorted(set(taps) | {last})
-        states, frame_mask = self.speech_features(audios, layers)
+        states, frame_mask = self.speech_features(audios, layers, pad_to_30s=True)
         transcripts = self.decode_transcripts(self.whisper.encoder.ln_post(states[:, -1]))
         return states[:, [layers.index(t) for t in taps]], frame_mask, transcripts
 
-    # --- building the LLM's input ---
-
     def tokenize(self, transcripts, instructions, targets=None, max_text_tokens=200):
         targets = [None] * len(transcripts) if targets is None else targets
-        return [
-            tokenize_example(self.tokenizer, t, i, g, max_text_tokens, self.eot_id)
-            for t, i, g in zip(transcripts, instructions, targets)
-        ]
+        return [tokenize_example(self.tokenizer, t, i, g, max_text_tokens, self.eot_id)
+                for t, i, g in zip(transcripts, instructions, targets)]
 
-    def assemble(self, speech_vectors, pieces, pad_left=False):
-        """Lay out a batch for the LLM: prefix, speech vectors (None for text-only prompts), suffix, target.
-
-        Returns inputs_embeds (B, S, H), attention_mask (B, n + S), position_ids (B, S), labels (B, S), speech_mask
-        (B, S) and cache: the KV cache of the first n prompt tokens, the same in every row (prompt_start), which are
-        therefore left out of the other tensors (n = 0 and cache None when nothing is shared or reuse is off).
-        Padding goes right for training and left for generation (so every row's next token is the last column);
-        positions count real tokens only, so a row's numbers do not depend on the other rows.
-        Labels are -100 everywhere but the target tokens and the closing end-of-turn. token_ids are the rows as lists
-        (speech slots hold pad ids), for prompt-lookup drafting.
-        """
-        n_start, cache = self.prompt_start(pieces)
+    def assemble(self, speech_vectors, pieces, pad_left=False, n_start=0):
+        """Lay out a batch: prefix, speech vectors (None for text only), suffix, target -> inputs_embeds, attention_mask,
+        position_ids, labels (-100 but on the targets), speech_mask, token_ids (the rows, for prompt-lookup drafts).
+        Padding goes right for training, left for generation (the next token's column is then the last); positions count
+        real tokens only, so rows do not depend on each other. n_start: leave out every row's first n_start tokens, for
+        they are in a KV cache (shared_prompt_start)."""
         n_speech = 0 if speech_vectors is None else speech_vectors.shape[1]
         rows, labels, speech_rows = [], [], []
         for p in pieces:
@@ -357,85 +296,69 @@ class DeSTA2(nn.Module):
             labels.append([-100] * (len(prefix) + n_speech + len(p.suffix)) + p.target)
             speech_rows.append([False] * len(prefix) + [True] * n_speech + [False] * (len(p.suffix) + len(p.target)))
         device = self.llm.device
-        input_ids = pad_rows(rows, self.pad_id, pad_left).to(device)
         attention_mask, position_ids = (t.to(device) for t in mask_and_positions(rows, pad_left, n_start))
         speech_mask = pad_rows(speech_rows, False, pad_left).to(device)
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        if n_speech:
-            # the speech vectors take the slot's places, in order; masked_scatter keeps their gradient
+        embeds = self.llm.get_input_embeddings()(pad_rows(rows, self.pad_id, pad_left).to(device))
+        if n_speech:  # the speech vectors take the slot's places, in order; masked_scatter keeps their gradient
             embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
         return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                    labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, cache=cache, token_ids=rows)
+                    labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, token_ids=rows)
 
-    def prompt_start(self, pieces):
-        """(n, KV cache for the batch) of the first n prompt tokens that every row shares (the system turn, the user
-        header, the audio-start marker: about 30 tokens for Qwen). The LLM is frozen, so their keys and values are the
-        same for every clip at every step: they are computed once (batch 1) and copied per batch instead of recomputed
-        per row. (0, None) when the rows share nothing or reuse_prompt_start is off (the published way)."""
-        if not self.reuse_prompt_start:
-            return 0, None
-        n = prompt_start_length(pieces)
-        if n == 0:
-            return 0, None
-        device_type = self.llm.device.type
-        # the cached keys must come out of the same arithmetic as the rest of the step (weights, device, autocast)
-        key = (tuple(pieces[0].prefix[:n]), self.llm.dtype, self.llm.device,
-               torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
-        if self._start is None or self._start[0] != key:
-            self._start = (key, start_cache(self.llm, pieces[0].prefix[:n]))
-        return n, cache_for_batch(self._start[1], len(pieces))
-
-    # --- training ---
-
-    def forward(self, tapped_states, frame_mask, pieces):
-        """Mean cross-entropy over the target tokens (and the closing end-of-turn) of a batch."""
+    def forward(self, tapped_states, frame_mask, pieces, share_prompt_start=True):
+        """Mean cross-entropy over the target tokens (reply and end-of-turn). share_prompt_start: the same loss, the start
+        all rows share read from a KV cache; False runs it in every row, as published and as compile_decoder_layers needs."""
         speech_vectors = self.adapter(tapped_states, frame_mask)
-        batch = self.assemble(speech_vectors, pieces)
+        n_start, cache = self.shared_prompt_start(pieces) if share_prompt_start else (0, None)
+        batch = self.assemble(speech_vectors, pieces, n_start=n_start)
         hidden = self.llm.get_decoder()(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
-                                        position_ids=batch["position_ids"], cache=batch["cache"],
-                                        use_cache=False).last_hidden_state  # no new cache when there is none
-        # the hidden state at position t predicts the token at t+1; only the target positions go through the LM head
-        # (see llm_head): the same loss as over the full (B, S, vocab) logits with ignore_index, at a fraction of the cost
+                                        position_ids=batch["position_ids"], cache=cache, use_cache=False).last_hidden_state
+        # the hidden state at t predicts the token at t+1: only the targets' go through the LM head (a fraction of its cost)
         labels = batch["labels"][:, 1:]
         scored = labels != -100
         return F.cross_entropy(llm_head(self.llm, hidden[:, :-1][scored]).float(), labels[scored])
 
-    # --- inference ---
+    def shared_prompt_start(self, pieces):
+        """(n, KV cache for this batch) of the first n prompt tokens every row shares (about 30 with Qwen's template), or
+        (0, None). The LLM is frozen: their keys and values, the same for every clip, run once and are copied per batch."""
+        n, device_type = prompt_start_length(pieces), self.llm.device.type
+        if n == 0:
+            return 0, None
+        # the cached keys must come out of the same arithmetic as the rest of the step (weights, device, autocast)
+        key = (tuple(pieces[0].prefix[:n]), self.llm.dtype, self.llm.device,
+               torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
+        if self._prompt_start is None or self._prompt_start[0] != key:
+            self._prompt_start = (key, start_cache(self.llm, pieces[0].prefix[:n]))
+        return n, cache_for_batch(self._prompt_start[1], len(pieces))
 
     @torch.no_grad()
     def generate(self, audios, instructions, transcripts=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 use_adapter=True):
-        """Answer an instruction about each clip. Returns (answers, transcripts).
-
-        transcripts=None transcribes with Whisper; use_adapter=False leaves the speech vectors out (the cascade:
-        transcript only). Greedy when temperature is 0.
-        """
-        if transcripts is None and use_adapter and self.pad_to_30s:
+                 use_adapter=True, draft_tokens=10, share_prompt_start=True, pad_to_30s=False):
+        """(answers, transcripts) for an instruction about each clip; transcripts=None transcribes with Whisper, use_adapter=False
+        leaves out the speech vectors (the cascade). draft_tokens (0 = off): see llm_decode; share_prompt_start: see
+        forward; pad_to_30s: the published way, features and transcripts from one padded encoder pass."""
+        if transcripts is None and use_adapter and pad_to_30s:
             tapped, frame_mask, transcripts = self.padded_features_and_transcripts(audios)
         else:
             transcripts = self.transcribe(audios) if transcripts is None else transcripts
-            tapped, frame_mask = self.speech_features(audios) if use_adapter else (None, None)
-        pieces = self.tokenize(transcripts, instructions)
+            tapped, frame_mask = self.speech_features(audios, pad_to_30s=pad_to_30s) if use_adapter else (None, None)
         speech_vectors = self.adapter(tapped, frame_mask) if use_adapter else None
-        batch = self.assemble(speech_vectors, pieces, pad_left=True)
-        return self.decode(batch, max_new_tokens, temperature, top_p), transcripts
+        pieces = self.tokenize(transcripts, instructions)
+        return self.answer(speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens, share_prompt_start), transcripts
 
     @torch.no_grad()
     def generate_from_text(self, prompts, max_new_tokens=128, temperature=0.0, top_p=1.0):
-        """Answer already-rendered chat prompts (render_prompt) with the LLM alone: used for pair generation
-        (the seed transcript in the audio's place) and the text-only baselines."""
+        """Answers to rendered chat prompts (render_prompt) from the LLM alone: the text-only baselines."""
         ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        batch = self.assemble(None, [TextPieces(i, []) for i in ids], pad_left=True)
-        return self.decode(batch, max_new_tokens, temperature, top_p)
+        return self.answer(None, [TextPieces(i, []) for i in ids], max_new_tokens, temperature, top_p)
 
-    def decode(self, batch, max_new_tokens, temperature, top_p):
-        """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (see llm_decode)."""
-        answers, n_tokens = llm_decode(self.llm, self.tokenizer, batch, max_new_tokens, temperature, top_p, self.eot_id,
-                                       self.draft_tokens)
+    def answer(self, speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens=10, share_prompt_start=True):
+        """Decode the replies to a batch of prompts (llm_decode), counting the tokens in n_generated."""
+        n_start, cache = self.shared_prompt_start(pieces) if share_prompt_start else (0, None)
+        batch = self.assemble(speech_vectors, pieces, pad_left=True, n_start=n_start)
+        answers, n_tokens = llm_decode(self.llm, self.tokenizer, {**batch, "cache": cache}, max_new_tokens, temperature,
+                                       top_p, self.eot_id, draft_tokens)
         self.n_generated += sum(n_tokens)
         return answers
-
-    # --- the adapter alone is the checkpoint ---
 
     def save_adapter(self, path):
         """The adapter's weights as safetensors, with its config in the header: a few MB, never the LLM."""
@@ -443,72 +366,44 @@ class DeSTA2(nn.Module):
         save_file(state, path, metadata={"config": json.dumps(asdict(self.config))})
 
     def load_adapter(self, path):
-        config = read_adapter_config(path)
-        mine = asdict(self.config)
+        config, mine = read_adapter_config(path), asdict(self.config)
         for key in ("tapped_layers", "n_queries", "n_qformer_layer", "n_audio_state", "n_audio_head", "n_llm_state"):
-            if tuple_if_list(config[key]) != tuple_if_list(mine[key]):
+            if json.dumps(config[key]) != json.dumps(mine[key]):  # a tuple is saved as a list
                 raise ValueError(f"{path}: adapter was trained with {key}={config[key]} ({config['whisper']} + {config['llm']}), "
                                  f"but this model has {key}={mine[key]} ({self.config.whisper} + {self.config.llm})")
         self.adapter.load_weights(load_file(path, device=str(next(self.adapter.parameters()).device)))
 
-
-def tuple_if_list(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
-def read_adapter_config(path) -> dict:
-    """The AdapterConfig fields stored in an adapter file's header."""
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
-        raise ValueError(f"{path}: not a nanoDeSTA adapter file (no config in its safetensors header)")
-    config = json.loads(meta["config"])
-    known = {f.name for f in fields(AdapterConfig)}
-    return {k: v for k, v in config.items() if k in known}
-
-
-def pick_token(logits, temperature, top_p):
-    """Greedy when temperature is 0; otherwise sample from the smallest set of tokens holding top_p of the mass."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = (logits / temperature).softmax(dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep tokens until the mass reaches top_p
-    sorted_probs[outside] = 0.0
-    choice = torch.multinomial(sorted_probs, 1)
-    return order.gather(-1, choice).squeeze(-1)
-
-
-def pad_rows(rows, value, pad_left):
-    """Lists of different lengths -> one (B, S) tensor, padded on the left or the right with value."""
-    S = max(len(r) for r in rows)
-    return torch.tensor([[value] * (S - len(r)) + r if pad_left else r + [value] * (S - len(r)) for r in rows])
-
-
-def mask_and_positions(rows, pad_left, n_start=0):
-    """attention_mask (B, n_start + S) and position_ids (B, S) for padded rows that follow n_start shared tokens held
-    in a KV cache: the mask covers those too, and positions count real tokens only, going on after them."""
-    real = pad_rows([[1] * len(r) for r in rows], 0, pad_left)
-    attention_mask = torch.cat([torch.ones(len(rows), n_start, dtype=real.dtype), real], dim=1)
-    return attention_mask, n_start + (real.cumsum(-1) - 1).clamp(min=0)
-
-
+# ---- off the main path: the shared prompt start's KV cache, compiled decoder layers, FLOPs for MFU ----
 def shared_start(rows) -> int:
     """How many leading tokens all rows share, leaving each row at least one token of its own."""
     return min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
-
 
 def prompt_start_length(pieces) -> int:
     """How many prompt tokens every row shares from the start (the speech slot is never part of them)."""
     return min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
 
+@torch.no_grad()
+def start_cache(llm, ids):
+    """The frozen LLM's KV cache (batch 1) for a prompt start shared by many rows."""
+    return llm.get_decoder()(input_ids=torch.tensor([ids], device=llm.device), use_cache=True).cache
+
+def cache_for_batch(cache, batch_size):
+    """A copy of a batch-1 cache for batch_size rows (the decoder appends to the cache it is given)."""
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+def compile_decoder_layers(model):
+    """torch.compile each of the LLM's decoder layers in place: eager steps launch thousands of small kernels and the GPU
+    waits on Python. All layers share one graph, dynamic=True: one for every batch size above 1 and every length. Train
+    with share_prompt_start=False then: each layer reads the cache at its own index, which would tie a graph to it."""
+    for layer in model.llm.get_decoder().layers:
+        layer.compile(dynamic=True)
 
 def training_flops(model, pieces) -> int:
-    """Model FLOPs of one forward and backward over a batch of these rows (TextPieces), for MFU: the same count however
-    the step is run. Per LLM weight and token, 2 forward and 2 backward (to the activations only: the LLM is frozen),
-    over the tokens after the prompt start all rows share (computing it once suffices); the LM head over the target
-    tokens only; 6 per adapter weight, query and tapped block. Attention's own FLOPs, the keys and values over the
-    encoder frames, and Whisper are left out: a few % at most."""
+    """Model FLOPs of one training step on these rows, for MFU, however the step is run: 4 per frozen LLM weight and
+    token after the shared prompt start (backward to the activations only), the LM head on the targets only, 6 per adapter
+    weight, query and tapped block. Attention's own FLOPs and Whisper are left out: a few % at most."""
     embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
     n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
     n_adapter = sum(p.numel() for p in model.adapter.parameters())
@@ -518,49 +413,23 @@ def training_flops(model, pieces) -> int:
     return (4 * n_body * (n_tokens - prompt_start_length(pieces) * len(pieces)) + 4 * head.numel() * n_target
             + 6 * n_adapter * len(pieces) * n_taps * n_queries)
 
+# ---- generation: KV-cached decoding of a batch, prompt-lookup drafts for one greedy answer ----
+def pick_token(logits, temperature, top_p):
+    """Greedy when temperature is 0; otherwise sample from the smallest set of tokens holding top_p of the mass."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    sorted_probs, order = (logits / temperature).softmax(dim=-1).sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep tokens until the mass reaches top_p
+    sorted_probs[outside] = 0.0
+    return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
 
-def compile_decoder_layers(model):
-    """torch.compile each of the LLM's decoder layers in place, for training steps (train.py --compile=True).
-
-    Run eagerly, a training step of an 8B LLM at batch 8 launches about 4,000 small kernels (the norms, rotary
-    embeddings and activations each launch their own) and the GPU waits on Python. A compiled layer fuses them.
-    All layers share one graph (their code is the same, their weights are its inputs), and dynamic=True makes it one
-    graph for every batch size above 1 and every length: no length buckets (a batch of 1 and the no-grad validation
-    pass get a graph each). The shared prompt start's KV cache is turned off: each layer reads the cache at its own
-    index, which would tie a graph to one layer (a compile per layer), so the shared tokens (about 30 in Qwen's
-    template) are recomputed in every row. Measured with bench.py at Llama-3-8B's shapes on an H100: compiled,
-    80.7 clips/s, 1.43x the published way in the same run; eagerly with the cache, 51.5 clips/s, 0.98x (README,
-    "Measured on a GPU"). The whole decoder as one graph keeps the cache but did not finish compiling in 5.5 min.
-    """
-    model.reuse_prompt_start = False
-    for layer in model.llm.get_decoder().layers:
-        layer.compile(dynamic=True)
-
-
-@torch.no_grad()
-def start_cache(llm, ids):
-    """The frozen LLM's KV cache (batch 1) for a prompt start shared by many rows."""
-    return llm.get_decoder()(input_ids=torch.tensor([ids], device=llm.device), use_cache=True).cache
-
-
-def cache_for_batch(cache, batch_size):
-    """A copy of a batch-1 cache for batch_size rows (the decoder appends to the cache it is given)."""
-    cache = copy.deepcopy(cache)
-    cache.batch_repeat_interleave(batch_size)
-    return cache
-
-
-def llm_head(llm, hidden):
-    """Logits for an (N, hidden) matrix of the positions that need them.
-
-    The LLM runs as its decoder, and its LM head (vocab x hidden: 136 M of Qwen2.5-0.5B's 494 M weights) only on the
-    positions whose logits are used: the target tokens in training (about a quarter of a sequence; measured 1.5x
-    faster training steps on CPU), the last position in generation. Always a 2-D input: a strided (B, 1, hidden)
-    view of frozen bf16 weights made PyTorch 2.13 on CPU copy the whole head once per row (a prompt pass of 32
-    prompts took 24 s instead of 3 s). Fine for Llama and Qwen2, whose causal-LM forward adds nothing after the head.
-    """
-    return llm.get_output_embeddings()(hidden)
-
+def append_tokens(answer, picked, stops, max_new_tokens):
+    """Add a row's picked tokens to its answer up to a stop token or max_new_tokens; True when the row is done."""
+    for t in picked:
+        answer.append(t)
+        if t in stops or len(answer) == max_new_tokens:
+            return True
+    return False
 
 def lookup_draft(ids, n_draft, max_ngram=3):
     """Prompt-lookup drafting: the tokens that followed the latest earlier occurrence of the last n tokens of ids
@@ -572,51 +441,43 @@ def lookup_draft(ids, n_draft, max_ngram=3):
                 return ids[start + n:start + n + n_draft]
     return []
 
+def accept_drafts(draft, picked, cache, attention_mask, position):
+    """(n_kept, attention_mask, position): how many leading drafts equal what the LLM picked after the token before
+    each (picked: the one row's picks); the rejected ones leave the cache, the attention mask and the position."""
+    n_kept = 0
+    while n_kept < len(draft) and draft[n_kept] == picked[n_kept].item():
+        n_kept += 1
+    n_rejected = len(draft) - n_kept
+    if n_rejected:
+        cache.crop(-n_rejected)  # a negative count removes that many from the end
+        attention_mask, position = attention_mask[:, :-n_rejected], position - n_rejected
+    return n_kept, attention_mask, position
 
 @torch.no_grad()
 def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, draft_tokens=0):
-    """Token-by-token decoding with the LLM's KV cache, for a left-padded batch (inputs_embeds, attention_mask,
-    position_ids and optionally the cache of a shared prompt start, as DeSTA2.assemble makes them). Needs only the
-    LLM and its tokenizer, so pair generation can run without Whisper. A row leaves the batch as soon as it closes its
-    turn, so short replies cost nothing while the long ones go on.
-
-    draft_tokens > 0, one row and greedy: prompt-lookup decoding. Each step also feeds up to draft_tokens tokens
-    guessed by lookup_draft from the prompt and the answer so far, and keeps those the LLM would have picked itself,
-    plus its own next token. At batch 1 a step is bound by reading the weights, so checking 10 tokens costs far less
-    than 10 steps (`python bench.py --draft_tokens=0` vs 10, one clip: 2.35 s vs 1.95 s). The answer is the same greedy
-    answer up to rounding: the drafted positions go through a wider matrix product, which can flip a near-tie in bf16,
-    as batching can.
-    Returns the answers and the number of tokens generated for each row (its end-of-turn included)."""
+    """(answers, tokens generated per row, end-of-turn included) for a left-padded batch as DeSTA2.answer makes it, "cache"
+    the shared prompt start's. Needs only the LLM and its tokenizer (pair generation runs without Whisper). A row leaves
+    the batch when it closes its turn. draft_tokens > 0, one row, greedy: each step also checks up to draft_tokens guesses
+    (lookup_draft), cheap at batch 1, where a step is bound by reading the weights; the answer is the greedy one up to
+    rounding (a wider matrix product can flip a near-tie in bf16, as batching can)."""
     eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
     stops = {eot_id, tokenizer.eos_token_id} - {None}
-    attention_mask, position_ids = batch["attention_mask"], batch["position_ids"]
-    decoder = llm.get_decoder()
-    out = decoder(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask, position_ids=position_ids,
-                  cache=batch.get("cache"), use_cache=True)
+    decoder, attention_mask = llm.get_decoder(), batch["attention_mask"]
+    out = decoder(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
+                  position_ids=batch["position_ids"], cache=batch.get("cache"), use_cache=True)
     B = attention_mask.shape[0]
     drafting = draft_tokens > 0 and B == 1 and temperature <= 0 and "token_ids" in batch
     rows = torch.arange(B, device=attention_mask.device)  # which of the B rows are still in the batch
     tokens = [[] for _ in range(B)]
-    hidden = out.last_hidden_state[:, -1:]  # the positions whose next token is picked
-    position = position_ids[:, -1:]  # of the last token in the cache
+    hidden, position = out.last_hidden_state[:, -1:], batch["position_ids"][:, -1:]  # whose next token is picked
     draft = []  # the drafts fed after the last picked token
     while True:
         picked = pick_token(llm_head(llm, hidden.flatten(0, 1)).float(), temperature, top_p).view(len(rows), -1)
-        n_kept = 0  # leading drafts equal to what the LLM picks after the token before each
-        while n_kept < len(draft) and draft[n_kept] == picked[0, n_kept].item():
-            n_kept += 1
-        n_rejected = len(draft) - n_kept
-        if n_rejected:  # forget the rejected drafts: their keys and values, mask columns and positions
-            out.cache.crop(-n_rejected)  # a negative count removes that many from the end
-            attention_mask, position = attention_mask[:, :-n_rejected], position - n_rejected
-        finished = []
-        for i, r in enumerate(rows.tolist()):
-            for t in picked[i, : n_kept + 1].tolist():
-                tokens[r].append(t)
-                if t in stops or len(tokens[r]) == max_new_tokens:
-                    break
-            finished.append(tokens[r][-1] in stops or len(tokens[r]) == max_new_tokens)
-        finished = torch.tensor(finished, device=rows.device)
+        n_kept = 0
+        if draft:
+            n_kept, attention_mask, position = accept_drafts(draft, picked[0], out.cache, attention_mask, position)
+        finished = torch.tensor([append_tokens(tokens[r], picked[i, :n_kept + 1].tolist(), stops, max_new_tokens)
+                                 for i, r in enumerate(rows.tolist())], device=rows.device)
         if finished.all():
             break
         next_token = picked[:, n_kept]
@@ -631,49 +492,32 @@ def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0
         out = decoder(input_ids=step_ids, attention_mask=attention_mask, cache=out.cache, use_cache=True,
                       position_ids=position + 1 + torch.arange(step_ids.shape[1], device=position.device))
         hidden, position = out.last_hidden_state, position + step_ids.shape[1]
-    answers, n_tokens = [], []
-    for row in tokens:
-        end = next((i for i, t in enumerate(row) if t in stops), None)
-        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-        n_tokens.append(len(row))
-    return answers, n_tokens
+    ends = [next((i for i, t in enumerate(row) if t in stops), None) for row in tokens]
+    answers = [tokenizer.decode(row[:end], skip_special_tokens=True).strip() for row, end in zip(tokens, ends)]
+    return answers, [len(row) for row in tokens]
 
-
-# ----------------------------------------------------------------------------------------------------
-# loading
-
-
+# ---- loading ----
 DTYPES = ("float32", "bfloat16", "float16")  # the dtype names the scripts take (the generating ones also take "auto")
 
-
 def generation_dtype(device: str) -> str:
-    """The LLM's dtype for generating: bfloat16 on CUDA GPUs that have it and on CPUs with bf16 instructions
-    (AVX512-BF16 or AMX), float32 elsewhere (CPUs without them emulate bf16 slowly). Measured on 2 AVX512-BF16 cores,
-    Qwen2.5-0.5B, 32 prompts of 93 tokens: the prompt pass 3.2 s vs 11.3 s, a decoding step 0.10 s vs 0.35 s."""
+    """The LLM's dtype for generating: bfloat16 on CUDA GPUs that have it and on CPUs with bf16 instructions (AVX512-BF16
+    or AMX), float32 elsewhere: CPUs without them emulate bf16 slowly (EXPERIMENTS.md, "Speed, measured on a CPU")."""
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if device != "cpu":
         return "float32"
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+            return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(f.read().split()) else "float32"
     except OSError:  # not Linux
-        flags = set()
-    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+        return "float32"
 
-
-def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", llm_dtype=torch.bfloat16,
-               pad_to_30s=False) -> DeSTA2:
-    """Build DeSTA2 from base models named in config (hub names or local paths), optionally with a trained adapter.
-
-    With adapter_path and no config, the base models are the ones the adapter was trained with.
-    """
+def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", llm_dtype=torch.bfloat16) -> DeSTA2:
+    """DeSTA2 from the base models named in config (hub names or local paths), or else in the adapter's file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if config is None:
         config = AdapterConfig(**read_adapter_config(adapter_path)) if adapter_path else AdapterConfig()
     for name in (config.whisper, config.llm):
-        # a local path (not a hub name such as "small" or "Qwen/Qwen2.5-0.5B-Instruct") that is not there
         if (name.startswith((".", "/", "weights")) or name.endswith(".pt")) and not os.path.exists(name):
             raise FileNotFoundError(f"{name} not found: run `python get_weights.py` to convert the offline weights, "
                                     "or name hub models (e.g. --whisper=small) where a hub is reachable")
@@ -681,21 +525,26 @@ def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", ll
     tokenizer = AutoTokenizer.from_pretrained(config.llm)
     llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=llm_dtype).to(device)
     config = sized_config(config, whisper_model, llm)
-    model = DeSTA2(whisper_model, llm, tokenizer, config, pad_to_30s).to(device)
+    model = DeSTA2(whisper_model, llm, tokenizer, config).to(device)
     if adapter_path:
         model.load_adapter(adapter_path)
     return model
 
-
 def sized_config(config: AdapterConfig, whisper_model, llm) -> AdapterConfig:
     """config with the adapter's sizes read off the base models, and the default taps where none are named."""
     dims = whisper_model.dims
-    config = AdapterConfig(**{
-        **asdict(config),
-        "tapped_layers": tuple(config.tapped_layers) or default_tapped_layers(dims.n_audio_layer),
-        "n_audio_state": dims.n_audio_state, "n_audio_head": dims.n_audio_head,
-        "n_llm_state": llm.config.get_text_config().hidden_size,
-    })
+    config = AdapterConfig(**{**asdict(config), "tapped_layers": tuple(config.tapped_layers) or default_tapped_layers(dims.n_audio_layer),
+                              "n_audio_state": dims.n_audio_state, "n_audio_head": dims.n_audio_head,
+                              "n_llm_state": llm.config.get_text_config().hidden_size})
     if max(config.tapped_layers) >= dims.n_audio_layer:
         raise ValueError(f"tapped_layers {config.tapped_layers} out of range: {config.whisper} has {dims.n_audio_layer} encoder blocks")
     return config
+
+def read_adapter_config(path) -> dict:
+    """The AdapterConfig fields stored in an adapter file's header."""
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: not a nanoDeSTA adapter file (no config in its safetensors header)")
+    known = {f.name for f in fields(AdapterConfig)}
+    return {k: v for k, v in json.loads(meta["config"]).items() if k in known}

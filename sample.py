@@ -105,7 +105,6 @@ except ValueError as e:  # an adapter that does not fit the base models says whi
 except OSError as e:
     die(f"cannot load the base models: {e} (for the offline defaults run `python get_weights.py`)")
 model.eval()
-model.draft_tokens = draft_tokens
 
 
 def ask(clip_ids, questions):
@@ -115,7 +114,7 @@ def ask(clip_ids, questions):
         ids = clip_ids[i:i + batch_size]
         answers += model.generate([audios[c] for c in ids], questions[i:i + batch_size],
                                   transcripts=[transcripts[c] for c in ids], max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p, use_adapter=bool(adapter))[0]
+                                  temperature=temperature, top_p=top_p, use_adapter=bool(adapter), draft_tokens=draft_tokens)[0]
     return answers
 
 

@@ -447,9 +447,10 @@ def estimate_loss():
         for idx in batches[rank::world_size]:
             tapped, frame_mask, pieces = get_batch(split, idx)
             with ctx:
-                total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces).float(), torch.ones((), device=device)])
+                total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces, share_prompt_start=not compile).float(),
+                                           torch.ones((), device=device)])
                 if split == listen_split and len(idx) > 1:
-                    other = raw_model(tapped.roll(1, 0), frame_mask.roll(1, 0), pieces).float()
+                    other = raw_model(tapped.roll(1, 0), frame_mask.roll(1, 0), pieces, share_prompt_start=not compile).float()
                     total[2:4] += torch.stack([other, torch.ones((), device=device)])
         if ddp:
             dist.all_reduce(total)
@@ -534,7 +535,7 @@ while True:
         tapped, frame_mask, pieces = get_batch('train', idx)
         with model.no_sync() if ddp and k < len(mine) - 1 else contextlib.nullcontext():
             with ctx:
-                loss = model(tapped, frame_mask, pieces)
+                loss = model(tapped, frame_mask, pieces, share_prompt_start=not compile)  # compiled layers: no shared cache
             loss_sum += loss.detach().float()
             scaler.scale(loss / len(mine)).backward()
     # one collective per step: the summed loss, and rank 0's clock (so that every rank stops at the same step)

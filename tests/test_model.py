@@ -39,9 +39,8 @@ def test_default_tapped_layers(n_layer, expected):
     assert default_tapped_layers(n_layer) == expected
 
 
-def test_speech_vectors_land_in_the_audio_slot(tiny_model, monkeypatch):
+def test_speech_vectors_land_in_the_audio_slot(tiny_model):
     m = tiny_model
-    monkeypatch.setattr(m, "reuse_prompt_start", False)  # the whole layout in one tensor
     pieces = m.tokenize(["hello world", "the quick brown fox jumps"], [DEFAULT_INSTRUCTION] * 2, ["a female", "a male voice"])
     speech = torch.randn(2, 64, m.config.n_llm_state)
     for pad_left in (False, True):
@@ -59,9 +58,8 @@ def test_speech_vectors_land_in_the_audio_slot(tiny_model, monkeypatch):
             assert m.tokenizer.decode(p.prefix) + SPEECH_SLOT + m.tokenizer.decode(p.suffix) == rendered
 
 
-def test_labels_cover_only_the_target_and_end_of_turn(tiny_model, monkeypatch):
+def test_labels_cover_only_the_target_and_end_of_turn(tiny_model):
     m = tiny_model
-    monkeypatch.setattr(m, "reuse_prompt_start", False)
     pieces = m.tokenize(["hello world", "the lazy dog"], [DEFAULT_INSTRUCTION] * 2, ["a female speaker", "a male"])
     batch = m.assemble(torch.zeros(2, 64, m.config.n_llm_state), pieces)
     for i, p in enumerate(pieces):
@@ -100,9 +98,9 @@ def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
     for pad_left in (False, True):
         one = m.assemble(alone_vectors, pieces[:1], pad_left)
         two = m.assemble(batch_vectors, pieces, pad_left)
-        logits_one = m.llm(**{k: one[k] for k in ("inputs_embeds", "attention_mask", "position_ids", "cache")}).logits[0]
-        logits_two = m.llm(**{k: two[k] for k in ("inputs_embeds", "attention_mask", "position_ids", "cache")}).logits[0]
-        real = two["attention_mask"][0, -logits_two.shape[0]:].bool()  # the columns after the shared prompt start
+        logits_one = m.llm(**{k: one[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
+        logits_two = m.llm(**{k: two[k] for k in ("inputs_embeds", "attention_mask", "position_ids")}).logits[0]
+        real = two["attention_mask"][0].bool()
         torch.testing.assert_close(logits_two[real], logits_one, atol=1e-4, rtol=1e-4)
     # the loss of a clip alone equals its loss computed in a batch where it is the only one with a target
     loss_alone = m(alone_states, alone_mask, pieces[:1])
@@ -143,25 +141,33 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(steerable_model):
     pieces = m.tokenize(["hello", "the quick brown fox"], [DEFAULT_INSTRUCTION, "Is it loud?"], ["a male", "a quiet female voice"])
     n_start = len(pieces[0].prefix)
     assert n_start > 3 and pieces[1].prefix == pieces[0].prefix  # the chat header and the audio-start marker
+    widths = []  # of the embeddings the decoder gets: the shared start left out of them when it comes from the cache
+    hook = m.llm.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["inputs_embeds"].shape[1]) if kwargs.get("inputs_embeds") is not None else None,
+        with_kwargs=True)
     results = {}
-    for reuse in (True, False):
-        m.reuse_prompt_start = reuse
-        try:
+    try:
+        for share in (True, False):
             m.train()
             m.adapter.zero_grad()
             torch.manual_seed(0)  # the same dropout both times
-            loss = m(states, mask, pieces)
+            widths[:] = []
+            loss = m(states, mask, pieces, share_prompt_start=share)
             loss.backward()
             grads = [p.grad.clone() for p in m.adapter.parameters()]
             m.eval()
-            batch = m.assemble(m.adapter(states, mask), pieces, pad_left=True)
+            n, cache = m.shared_prompt_start(pieces) if share else (0, None)
+            batch = m.assemble(m.adapter(states, mask), pieces, pad_left=True, n_start=n)
             answers, _ = m.generate([chirp(1.0), chirp(1.7, 200, seed=3)], ["Is it loud?", "Who speaks?"],
-                                    transcripts=["hello", "fox"], max_new_tokens=8)
-        finally:
-            m.reuse_prompt_start = True
-        results[reuse] = (loss.detach(), grads, batch, answers)
-    (loss_r, grads_r, batch_r, answers_r), (loss_f, grads_f, batch_f, answers_f) = results[True], results[False]
-    assert batch_r["cache"] is not None and batch_f["cache"] is None
+                                    transcripts=["hello", "fox"], max_new_tokens=8, share_prompt_start=share)
+            results[share] = (loss.detach(), grads, batch, cache, answers, widths[:])
+    finally:
+        hook.remove()
+    (loss_r, grads_r, batch_r, cache_r, answers_r, widths_r) = results[True]
+    (loss_f, grads_f, batch_f, cache_f, answers_f, widths_f) = results[False]
+    assert cache_r is not None and cache_f is None
+    # the loss's decoder pass and the answers' prompt pass left the shared start to the cache
+    assert len(widths_r) == len(widths_f) == 2 and [f - r for f, r in zip(widths_f, widths_r)] == [n_start] * 2, (widths_f, widths_r)
     assert batch_f["inputs_embeds"].shape[1] - batch_r["inputs_embeds"].shape[1] == n_start
     assert batch_r["attention_mask"].shape == batch_f["attention_mask"].shape
     for i in range(2):  # the real tokens after the start keep their positions (the padding sits elsewhere)
@@ -191,8 +197,8 @@ def test_prompt_lookup_decoding_gives_the_same_answer_in_fewer_passes(steerable_
     answers, passes = {}, {}
     try:
         for n_draft in (0, 10):
-            m.draft_tokens, fed[:] = n_draft, []
-            answers[n_draft] = [m.generate([chirp(1.3, seed=s)], [q], transcripts=[t], max_new_tokens=40)[0][0]
+            fed[:] = []
+            answers[n_draft] = [m.generate([chirp(1.3, seed=s)], [q], transcripts=[t], max_new_tokens=40, draft_tokens=n_draft)[0][0]
                                 for s, q, t in [(0, "Repeat it.", "the quick brown fox, the quick brown fox"),
                                                 (1, DEFAULT_INSTRUCTION, "one two three one two three"),
                                                 (2, "Is it loud?", "hello")]]
@@ -237,7 +243,7 @@ def test_compiled_layers_share_one_graph_and_change_nothing_but_the_work(tiny_mo
         out = []
         for states, mask, pieces in batches:
             m.adapter.zero_grad()
-            loss = m(states, mask, pieces)
+            loss = m(states, mask, pieces, share_prompt_start=False)  # as train.py --compile=True runs it
             loss.backward()
             out.append((loss.detach(), torch.cat([p.grad.flatten() for p in m.adapter.parameters()])))
         return out
@@ -282,8 +288,8 @@ def test_mismatched_adapter_is_refused(tiny_model, tiny_paths, tmp_path):
 
 
 def test_padded_mode_uses_the_whole_30s_window(tiny_paths):
-    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32, pad_to_30s=True)
-    states, mask = m.speech_features([chirp(1.0)])
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
+    states, mask = m.speech_features([chirp(1.0)], pad_to_30s=True)
     assert states.shape[2] == 1500 and mask.all()
 
 
@@ -303,18 +309,18 @@ def test_pick_token_greedy_and_top_p():
 def test_padded_generate_runs_the_encoder_once_for_features_and_transcript(tiny_paths, monkeypatch):
     # the published way gets both from one whisper.generate(..., output_hidden_states=True): so does pad_to_30s here,
     # with the same states as speech_features and the same transcripts as transcribe
-    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32, pad_to_30s=True)
+    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
     m.eval()
     clips = [chirp(1.0), chirp(1.6, 200, seed=2)]
     states, mask, transcripts = m.padded_features_and_transcripts(clips)
-    expected_states, expected_mask = m.speech_features(clips)
+    expected_states, expected_mask = m.speech_features(clips, pad_to_30s=True)
     torch.testing.assert_close(states, expected_states)
     assert torch.equal(mask, expected_mask) and transcripts == m.transcribe(clips)
 
     passes, encode = [], model.encode_tapped_layers
     monkeypatch.setattr(model, "encode_tapped_layers", lambda *a: passes.append(a[1].shape) or encode(*a))
     monkeypatch.setattr(m.whisper.encoder, "forward", lambda *a: passes.append("whisper's own encoder"))
-    answers, generated_transcripts = m.generate(clips, ["Describe it."] * 2, max_new_tokens=3)
+    answers, generated_transcripts = m.generate(clips, ["Describe it."] * 2, max_new_tokens=3, pad_to_30s=True)
     assert passes == [(2, m.whisper.dims.n_mels, 3000)] and generated_transcripts == transcripts
 
 

@@ -80,11 +80,7 @@ def test_trimmed_features_agree_with_padded_ones(real_model, espeak_clips):
     # the frames that differ most are the last few, which in the padded run also see the silence after the clip.
     m = real_model
     trimmed, mask = m.speech_features(espeak_clips[:1])
-    m.pad_to_30s = True
-    try:
-        padded, _ = m.speech_features(espeak_clips[:1])
-    finally:
-        m.pad_to_30s = False
+    padded, _ = m.speech_features(espeak_clips[:1], pad_to_30s=True)
     T = trimmed.shape[2]
     cos = torch.nn.functional.cosine_similarity(trimmed[0], padded[0, :, :T], dim=-1)  # (L, T)
     print("mean cosine per tapped block:", cos.mean(dim=1).tolist())
@@ -96,9 +92,5 @@ def test_one_padded_pass_transcribes_as_whisper_does(real_model, espeak_clips):
     # the published way's single encoder pass (our blocks with the padding unmasked, then ln_post) must give
     # Whisper's own transcripts, or bench.py's published timing would not be of the published computation
     m = real_model
-    m.pad_to_30s = True
-    try:
-        _, _, transcripts = m.padded_features_and_transcripts(espeak_clips)
-    finally:
-        m.pad_to_30s = False
+    _, _, transcripts = m.padded_features_and_transcripts(espeak_clips)
     assert transcripts == m.transcribe(espeak_clips)

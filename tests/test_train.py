@@ -252,8 +252,8 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_paths, data_dir, t
     resets the count, and max_bad_steps NaNs in a row stop the run with exit code 3 and a checkpoint."""
     real_forward, calls = DeSTA2.forward, []
 
-    def forward(self, *args):
-        loss = real_forward(self, *args)
+    def forward(self, *args, **kwargs):
+        loss = real_forward(self, *args, **kwargs)
         if self.training:
             calls.append(1)
             if len(calls) != 2:  # the first step fails, the second is fine, the rest fail
