@@ -91,3 +91,15 @@ def read_samples(source, name) -> np.ndarray:
     if not np.isfinite(x).all():
         raise AudioError(name, "non_finite", "audio holds NaN or infinite samples")
     return np.clip(resample(x, sr), -1.0, 1.0)
+
+
+def holds_speech(x: np.ndarray, min_dbfs: float = -60.0, min_range_db: float = 6.0) -> bool:
+    """Whether a clip may hold speech, by its energy: its loudest 20-ms frame above min_dbfs, and its loud frames
+    (95th percentile) min_range_db above its quiet ones (10th), as speech's syllables and pauses make and silence,
+    hum or steady noise do not. Every clip of the demo's corpus, at 5 dB SNR too, spans 8.8 dB or more."""
+    n = SAMPLE_RATE // 50
+    frames = x[: len(x) // n * n].astype(np.float64).reshape(-1, n)
+    if len(frames) == 0:
+        return False
+    db = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+    return bool(db.max() > min_dbfs and np.percentile(db, 95) - np.percentile(db, 10) >= min_range_db)

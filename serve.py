@@ -11,7 +11,7 @@ flac, ogg or mp3), as the official clients send it:
                                                 {"type": "text", "text": "What is the speaker's gender?"}]}]}
 
 The answer is about the conversation's clip and its last user text; the reply also carries Whisper's transcript of
-the clip (`transcripts`). Requests that arrive together are answered in one batch, up to batch_size. "stream": true
+the clip (`transcripts`). A clip of silence or steady noise (audio.holds_speech) is said to hold no speech. Requests that arrive together are answered in one batch, up to batch_size. "stream": true
 gets server-sent events in OpenAI's chunk format; the answer comes as one chunk when its batch is done.
 Bad requests get a 4xx with a message saying what is wrong, and the server goes on.
 """
@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from audio import MAX_SECONDS, AudioError, decode_audio
+from audio import MAX_SECONDS, AudioError, decode_audio, holds_speech
 from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
 # -----------------------------------------------------------------------------
@@ -50,6 +50,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve.html')
 AUDIO_FORMATS = ('wav', 'flac', 'ogg', 'mp3')
+NO_SPEECH = "The clip holds no speech."  # the answer about silence or steady noise (audio.holds_speech)
 
 
 class BadRequest(Exception):
@@ -131,7 +132,10 @@ def answer_requests(jobs):
     """Fills each job's answer and transcript; jobs with the same decoding settings share a generate call."""
     groups = {}
     for job in jobs:
-        groups.setdefault((job['max_new_tokens'], job['temperature'], job['top_p']), []).append(job)
+        if not holds_speech(job['audio']):  # described, silence or steady noise would get a voice it does not have
+            job.update(answer=NO_SPEECH, transcript='')
+        else:
+            groups.setdefault((job['max_new_tokens'], job['temperature'], job['top_p']), []).append(job)
     for (n_tokens, temperature, top_p), group in groups.items():
         answers, transcripts = model.generate([j['audio'] for j in group], [j['question'] for j in group],
                                               max_new_tokens=n_tokens, temperature=temperature, top_p=top_p,

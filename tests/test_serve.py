@@ -26,6 +26,12 @@ def wav_base64(x, fmt="WAV", sample_rate=16000):
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def speech(seconds, f0=150.0, seed=0):
+    """conftest's chirp in syllables of 0.2 s with pauses between them, as audio.holds_speech expects of speech."""
+    x = chirp(seconds, f0, seed=seed)
+    return x * (np.arange(len(x)) // 3200 % 2 == 0)
+
+
 def ask(clip_base64, question, fmt="wav"):
     return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": clip_base64, "format": fmt}},
                                          {"type": "text", "text": question}]}]
@@ -77,7 +83,7 @@ def post(url, data, content_type="application/json"):
 
 
 def test_answers_as_the_model_does_streaming_or_not(client, adapter_and_model):
-    x = chirp(1.5)
+    x = speech(1.5)
     _, model = adapter_and_model
     torch.manual_seed(0)
     (expected,), (transcript,) = model.generate([x], ["Is the speaker male or female?"], max_new_tokens=12)
@@ -91,7 +97,7 @@ def test_answers_as_the_model_does_streaming_or_not(client, adapter_and_model):
 
 
 def test_flac_and_a_follow_up_question_ask_about_the_same_clip(client, adapter_and_model):
-    x = chirp(1.0, f0=220)
+    x = speech(1.0, f0=220)
     _, model = adapter_and_model
     (expected,), _ = model.generate([x], ["And the pitch?"], max_new_tokens=12)
     messages = ask(wav_base64(x, "FLAC"), "What is the speaker's gender?", fmt="flac") + [
@@ -101,7 +107,7 @@ def test_flac_and_a_follow_up_question_ask_about_the_same_clip(client, adapter_a
 
 def test_requests_that_arrive_together_share_a_batch_and_keep_their_answers(client, server, adapter_and_model):
     _, model = adapter_and_model
-    clips = [chirp(1.0 + 0.3 * i, f0=120 + 40 * i, seed=i) for i in range(3)]
+    clips = [speech(1.0 + 0.3 * i, f0=120 + 40 * i, seed=i) for i in range(3)]
     expected = [model.generate([x], ["Describe the voice."], max_new_tokens=12)[0][0] for x in clips]
     with urllib.request.urlopen(server + "/health") as r:
         before = json.load(r)
@@ -128,16 +134,35 @@ def test_requests_that_arrive_together_share_a_batch_and_keep_their_answers(clie
     (json.dumps({"messages": ask(base64.b64encode(b"this is not audio at all").decode(), "hi")}).encode(), 400,
      "cannot read audio"),
     (json.dumps({"messages": ask(wav_base64(np.zeros(8000 * 31, np.float32), sample_rate=8000), "hi")}).encode(), 400, "longer than 30 s"),
-    (json.dumps({"messages": ask(wav_base64(chirp(0.5)), "hi") * 2}).encode(), 400, "one clip per conversation"),
-    (json.dumps({"messages": ask(wav_base64(chirp(0.5)), "hi"), "max_tokens": 10**6}).encode(), 400, "max_tokens"),
-    (json.dumps({"messages": ask(wav_base64(chirp(0.5)), "hi"), "n": 3}).encode(), 400, "n must be 1"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi") * 2}).encode(), 400, "one clip per conversation"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "max_tokens": 10**6}).encode(), 400, "max_tokens"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "n": 3}).encode(), 400, "n must be 1"),
     (json.dumps({"messages": ask(wav_base64(np.zeros(16000 * 29, np.float32)), "hi")}).encode(), 413, "larger than 1 MB"),
 ])
 def test_bad_requests_get_a_4xx_that_says_why_and_the_server_goes_on(server, client, body, status, message):
     code, reply = post(server, body)
     assert code == status and message in reply["error"]["message"], reply
-    ok = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(chirp(0.5)), "hi"), max_tokens=2)
+    ok = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(speech(0.5)), "hi"), max_tokens=2)
     assert isinstance(ok.choices[0].message.content, str)
+
+
+def test_holds_speech_tells_syllables_from_silence_hum_and_steady_noise():
+    from audio import holds_speech
+    rng = np.random.default_rng(0)
+    x = speech(2.0)
+    noise = rng.standard_normal(len(x)).astype(np.float32)
+    noisy = x + noise * np.sqrt((x[x != 0] ** 2).mean() / 10 ** 0.5)  # 5 dB SNR, the demo's noisiest
+    hum = 0.1 * np.sin(2 * np.pi * 50 * np.arange(32000) / 16000)
+    assert holds_speech(x) and holds_speech(noisy)
+    assert not any(holds_speech(y) for y in (np.zeros(32000), 0.05 * noise, hum, 1e-4 * x, x[:100]))
+
+
+def test_silence_and_steady_noise_are_said_to_hold_no_speech(client):
+    rng = np.random.default_rng(0)
+    for x in (np.zeros(16000, np.float32), (0.05 * rng.standard_normal(32000)).astype(np.float32)):
+        reply = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(x), "Who is speaking?"))
+        assert reply.choices[0].message.content == "The clip holds no speech."
+        assert reply.model_extra["transcripts"] == [""]
 
 
 def test_serves_its_page_and_lists_its_model(server, client):
