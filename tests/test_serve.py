@@ -170,3 +170,65 @@ def test_serves_its_page_and_lists_its_model(server, client):
         page = r.read().decode()
     assert r.headers["Content-Type"].startswith("text/html") and "/v1/chat/completions" in page
     assert [m.id for m in client.models.list()] == ["nanodesta:adapter.safetensors"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through selenium, its microphone a wav file (test.sh installs both)."""
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not shutil.which("chromedriver"):
+        pytest.skip("no chromedriver (Debian: apt-get install chromium chromium-driver; test.sh does)")
+    microphone = tmp_path / "microphone.wav"
+    sf.write(microphone, np.tile(speech(1.0, f0=180), 3), 16000)
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream",
+                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={microphone}",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def page_answer(browser, question):
+    """Ask on the page; the assistant's line and the page's notes once the answer is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    n_before = len(browser.find_elements(By.CSS_SELECTOR, "#log .assistant"))
+    browser.find_element(By.ID, "question").send_keys(question)
+    browser.find_element(By.ID, "send").click()
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log .assistant")) > n_before
+                                      or "error" in d.find_element(By.ID, "log").text)
+    notes = [p.text for p in browser.find_elements(By.CSS_SELECTOR, "#log .note")]
+    answers = browser.find_elements(By.CSS_SELECTOR, "#log .assistant")
+    return (answers[-1].text if answers else None), notes
+
+
+def test_the_page_answers_about_an_uploaded_and_a_recorded_clip(server, browser, tmp_path):
+    import time
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    silent, spoken = tmp_path / "silent.wav", tmp_path / "spoken.flac"
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    sf.write(spoken, speech(1.5, f0=200), 16000)
+    browser.find_element(By.ID, "file").send_keys(str(silent))
+    answer, notes = page_answer(browser, "Who is speaking?")
+    assert answer == "assistant: The clip holds no speech.", notes
+
+    browser.find_element(By.ID, "file").send_keys(str(spoken))  # a new clip starts a new conversation
+    answer, notes = page_answer(browser, "Who is speaking?")
+    assert answer.startswith("assistant:") and "no speech" not in answer, notes
+    assert any(n.startswith("transcript: ") for n in notes) and not any("error" in n for n in notes), notes
+
+    browser.find_element(By.ID, "record").click()  # the microphone is microphone.wav
+    time.sleep(2.0)
+    browser.find_element(By.ID, "record").click()
+    for _ in range(100):
+        if browser.find_element(By.ID, "clip").text == "recording":
+            break
+        time.sleep(0.1)
+    answer, notes = page_answer(browser, "What is the speaker's gender?")
+    assert answer.startswith("assistant:") and "no speech" not in answer, notes
