@@ -8,6 +8,6 @@ bash setup.sh
 if ! command -v chromedriver >/dev/null; then
   echo "installing chromium and chromium-driver (tests/test_serve.py drives serve.py's page in them)"
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-  $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 HF_HUB_OFFLINE=1 python3 -m pytest -q "$@"
