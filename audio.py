@@ -1,8 +1,9 @@
 """
 Reading audio the way every script here needs it: 16 kHz mono float32, whatever the file's rate and channels.
 One small module so prepare, train, sample and eval agree on what a clip is. Needs no ffmpeg (soundfile reads
-wav, flac and ogg).
+wav, flac, ogg and mp3).
 """
+import io
 import math
 import os
 
@@ -49,27 +50,56 @@ def probe_audio(path, max_seconds: float = MAX_SECONDS) -> int:
         raise AudioError(path, "missing", "no such file")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty", "empty file")
+    return probe_header(str(path), path, max_seconds)
+
+
+def probe_header(source, name, max_seconds: float) -> int:
+    """probe_audio for a path or an open binary file (an upload), named `name` in errors."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(source)
     except Exception as e:  # soundfile raises several types for corrupt or unknown formats
-        raise AudioError(path, "unreadable", f"cannot read audio ({e})") from None
+        raise AudioError(name, "unreadable", f"cannot read audio ({e})") from None
     if info.frames <= 0:
-        raise AudioError(path, "empty", "no samples")
+        raise AudioError(name, "empty", "no samples")
     if info.duration > max_seconds:
-        raise AudioError(path, "too_long", f"{info.duration:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
+        raise AudioError(name, "too_long", f"{info.duration:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
     return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
 
 
 def load_audio(path, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """A file as 16 kHz mono float32 in [-1, 1]; raises AudioError naming the file for anything unusable."""
     probe_audio(path, max_seconds)
+    return read_samples(str(path), path)
+
+
+def decode_audio(data: bytes, name: str, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """load_audio for the bytes of a wav, flac, ogg or mp3 file held in memory (an upload), named `name` in errors."""
+    if not data:
+        raise AudioError(name, "empty", "empty file")
+    probe_header(io.BytesIO(data), name, max_seconds)
+    return read_samples(io.BytesIO(data), name)
+
+
+def read_samples(source, name) -> np.ndarray:
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        x, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(path, "unreadable", f"cannot read audio ({e})") from None
+        raise AudioError(name, "unreadable", f"cannot read audio ({e})") from None
     if x.size == 0:
-        raise AudioError(path, "empty", "no samples")
+        raise AudioError(name, "empty", "no samples")
     x = x.mean(axis=1)  # downmix
     if not np.isfinite(x).all():
-        raise AudioError(path, "non_finite", "audio holds NaN or infinite samples")
+        raise AudioError(name, "non_finite", "audio holds NaN or infinite samples")
     return np.clip(resample(x, sr), -1.0, 1.0)
+
+
+def holds_speech(x: np.ndarray, min_dbfs: float = -60.0, min_range_db: float = 6.0) -> bool:
+    """Whether a clip may hold speech, by its energy: its loudest 20-ms frame above min_dbfs, and its loud frames
+    (95th percentile) min_range_db above its quiet ones (10th), as speech's syllables and pauses make and silence,
+    hum or steady noise do not. Every clip of the demo's corpus, at 5 dB SNR too, spans 8.8 dB or more."""
+    n = SAMPLE_RATE // 50
+    frames = x[: len(x) // n * n].astype(np.float64).reshape(-1, n)
+    if len(frames) == 0:
+        return False
+    db = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+    return bool(db.max() > min_dbfs and np.percentile(db, 95) - np.percentile(db, 10) >= min_range_db)

@@ -1,0 +1,234 @@
+"""serve.py as a server, talked to with the official openai client (tiny random models from conftest.py)."""
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT, chirp
+
+from model import AdapterConfig, load_model
+
+openai = pytest.importorskip("openai")  # requirements.txt installs it; the server itself does not need it
+
+
+def wav_base64(x, fmt="WAV", sample_rate=16000):
+    buffer = io.BytesIO()
+    sf.write(buffer, x, sample_rate, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def speech(seconds, f0=150.0, seed=0):
+    """conftest's chirp in syllables of 0.2 s with pauses between them, as audio.holds_speech expects of speech."""
+    x = chirp(seconds, f0, seed=seed)
+    return x * (np.arange(len(x)) // 3200 % 2 == 0)
+
+
+def ask(clip_base64, question, fmt="wav"):
+    return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": clip_base64, "format": fmt}},
+                                         {"type": "text", "text": question}]}]
+
+
+@pytest.fixture(scope="module")
+def adapter_and_model(tiny_paths, tmp_path_factory):
+    """A random adapter on disk, and the same model in this process to compare the server's answers with."""
+    torch.manual_seed(0)
+    model = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
+    path = tmp_path_factory.mktemp("serve") / "adapter.safetensors"
+    model.save_adapter(str(path))
+    model.eval()
+    return str(path), model
+
+
+@pytest.fixture(scope="module")
+def server(adapter_and_model):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # batch_wait of a second: requests sent together in the test land in one batch
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"--adapter={adapter_and_model[0]}", "--port=0",
+                             "--device=cpu", "--dtype=float32", "--max_new_tokens=12", "--batch_wait=1.0",
+                             "--max_body_mb=1.0"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving on "):
+            break
+    else:
+        pytest.fail(f"serve.py did not start: {proc.stderr.read()[-3000:]}")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the request log
+    url = line.split()[2]
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+def post(url, data, content_type="application/json"):
+    request = urllib.request.Request(url + "/v1/chat/completions", data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_answers_as_the_model_does_streaming_or_not(client, adapter_and_model):
+    x = speech(1.5)
+    _, model = adapter_and_model
+    torch.manual_seed(0)
+    (expected,), (transcript,) = model.generate([x], ["Is the speaker male or female?"], max_new_tokens=12)
+    reply = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(x), "Is the speaker male or female?"))
+    assert reply.choices[0].message.content == expected
+    assert reply.model_extra["transcripts"] == [transcript]
+    chunks = list(client.chat.completions.create(model="nanodesta", stream=True,
+                                                 messages=ask(wav_base64(x), "Is the speaker male or female?")))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_flac_and_a_follow_up_question_ask_about_the_same_clip(client, adapter_and_model):
+    x = speech(1.0, f0=220)
+    _, model = adapter_and_model
+    (expected,), _ = model.generate([x], ["And the pitch?"], max_new_tokens=12)
+    messages = ask(wav_base64(x, "FLAC"), "What is the speaker's gender?", fmt="flac") + [
+        {"role": "assistant", "content": "The speaker is female."}, {"role": "user", "content": "And the pitch?"}]
+    assert client.chat.completions.create(model="nanodesta", messages=messages).choices[0].message.content == expected
+
+
+def test_requests_that_arrive_together_share_a_batch_and_keep_their_answers(client, server, adapter_and_model):
+    _, model = adapter_and_model
+    clips = [speech(1.0 + 0.3 * i, f0=120 + 40 * i, seed=i) for i in range(3)]
+    expected = [model.generate([x], ["Describe the voice."], max_new_tokens=12)[0][0] for x in clips]
+    with urllib.request.urlopen(server + "/health") as r:
+        before = json.load(r)
+    answers = [None] * 3
+
+    def one(i):
+        reply = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(clips[i]), "Describe the voice."))
+        answers[i] = reply.choices[0].message.content
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    with urllib.request.urlopen(server + "/health") as r:
+        after = json.load(r)
+    assert answers == expected  # left-padded in one batch, each answer is the one it gets alone
+    assert after["requests"] - before["requests"] == 3 and after["batches"] - before["batches"] < 3
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"not json", 400, "not JSON"),
+    (json.dumps({"messages": []}).encode(), 400, "non-empty list"),
+    (json.dumps({"messages": [{"role": "user", "content": "hello"}]}).encode(), 400, "no audio"),
+    (json.dumps({"messages": ask("%%%", "hi")}).encode(), 400, "not base64"),
+    (json.dumps({"messages": ask(base64.b64encode(b"this is not audio at all").decode(), "hi")}).encode(), 400,
+     "cannot read audio"),
+    (json.dumps({"messages": ask(wav_base64(np.zeros(8000 * 31, np.float32), sample_rate=8000), "hi")}).encode(), 400, "longer than 30 s"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi") * 2}).encode(), 400, "one clip per conversation"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "max_tokens": 10**6}).encode(), 400, "max_tokens"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "n": 3}).encode(), 400, "n must be 1"),
+    (json.dumps({"messages": ask(wav_base64(np.zeros(16000 * 29, np.float32)), "hi")}).encode(), 413, "larger than 1 MB"),
+])
+def test_bad_requests_get_a_4xx_that_says_why_and_the_server_goes_on(server, client, body, status, message):
+    code, reply = post(server, body)
+    assert code == status and message in reply["error"]["message"], reply
+    ok = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(speech(0.5)), "hi"), max_tokens=2)
+    assert isinstance(ok.choices[0].message.content, str)
+
+
+def test_holds_speech_tells_syllables_from_silence_hum_and_steady_noise():
+    from audio import holds_speech
+    rng = np.random.default_rng(0)
+    x = speech(2.0)
+    noise = rng.standard_normal(len(x)).astype(np.float32)
+    noisy = x + noise * np.sqrt((x[x != 0] ** 2).mean() / 10 ** 0.5)  # 5 dB SNR, the demo's noisiest
+    hum = 0.1 * np.sin(2 * np.pi * 50 * np.arange(32000) / 16000)
+    assert holds_speech(x) and holds_speech(noisy)
+    assert not any(holds_speech(y) for y in (np.zeros(32000), 0.05 * noise, hum, 1e-4 * x, x[:100]))
+
+
+def test_silence_and_steady_noise_are_said_to_hold_no_speech(client):
+    rng = np.random.default_rng(0)
+    for x in (np.zeros(16000, np.float32), (0.05 * rng.standard_normal(32000)).astype(np.float32)):
+        reply = client.chat.completions.create(model="nanodesta", messages=ask(wav_base64(x), "Who is speaking?"))
+        assert reply.choices[0].message.content == "The clip holds no speech."
+        assert reply.model_extra["transcripts"] == [""]
+
+
+def test_serves_its_page_and_lists_its_model(server, client):
+    with urllib.request.urlopen(server + "/") as r:
+        page = r.read().decode()
+    assert r.headers["Content-Type"].startswith("text/html") and "/v1/chat/completions" in page
+    assert [m.id for m in client.models.list()] == ["nanodesta:adapter.safetensors"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through selenium, its microphone a wav file (test.sh installs both)."""
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not shutil.which("chromedriver"):
+        pytest.skip("no chromedriver (Debian: apt-get install chromium chromium-driver; test.sh does)")
+    microphone = tmp_path / "microphone.wav"
+    sf.write(microphone, np.tile(speech(1.0, f0=180), 3), 16000)
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream",
+                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={microphone}",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def page_answer(browser, question):
+    """Ask on the page; the assistant's line and the page's notes once the answer is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    n_before = len(browser.find_elements(By.CSS_SELECTOR, "#log .assistant"))
+    browser.find_element(By.ID, "question").send_keys(question)
+    browser.find_element(By.ID, "send").click()
+    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log .assistant")) > n_before
+                                      or "error" in d.find_element(By.ID, "log").text)
+    notes = [p.text for p in browser.find_elements(By.CSS_SELECTOR, "#log .note")]
+    answers = browser.find_elements(By.CSS_SELECTOR, "#log .assistant")
+    return (answers[-1].text if answers else None), notes
+
+
+def test_the_page_answers_about_an_uploaded_and_a_recorded_clip(server, browser, tmp_path):
+    import time
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    silent, spoken = tmp_path / "silent.wav", tmp_path / "spoken.flac"
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    sf.write(spoken, speech(1.5, f0=200), 16000)
+    browser.find_element(By.ID, "file").send_keys(str(silent))
+    answer, notes = page_answer(browser, "Who is speaking?")
+    assert answer == "assistant: The clip holds no speech.", notes
+
+    browser.find_element(By.ID, "file").send_keys(str(spoken))  # a new clip starts a new conversation
+    answer, notes = page_answer(browser, "Who is speaking?")
+    assert answer.startswith("assistant:") and "no speech" not in answer, notes
+    assert any(n.startswith("transcript: ") for n in notes) and not any("error" in n for n in notes), notes
+
+    browser.find_element(By.ID, "record").click()  # the microphone is microphone.wav
+    time.sleep(2.0)
+    browser.find_element(By.ID, "record").click()
+    for _ in range(100):
+        if browser.find_element(By.ID, "clip").text == "recording":
+            break
+        time.sleep(0.1)
+    answer, notes = page_answer(browser, "What is the speaker's gender?")
+    assert answer.startswith("assistant:") and "no speech" not in answer, notes
