@@ -186,6 +186,7 @@ def browser(tmp_path):
                  "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={microphone}",
                  "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, shown when a test fails
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
     yield driver
     driver.quit()
@@ -193,14 +194,19 @@ def browser(tmp_path):
 
 def page_answer(browser, question):
     """Ask on the page; the assistant's line and the page's notes once the answer is there."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     n_before = len(browser.find_elements(By.CSS_SELECTOR, "#log .assistant"))
     browser.find_element(By.ID, "question").send_keys(question)
     browser.find_element(By.ID, "send").click()
-    WebDriverWait(browser, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log .assistant")) > n_before
-                                      or "error" in d.find_element(By.ID, "log").text)
+    try:
+        WebDriverWait(browser, 240).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log .assistant")) > n_before
+                                          or "error" in d.find_element(By.ID, "log").text)
+    except TimeoutException:
+        pytest.fail(f"no answer on the page after 240 s; it shows: {browser.find_element(By.TAG_NAME, 'body').text!r}, "
+                    f"console: {browser.get_log('browser')}")
     notes = [p.text for p in browser.find_elements(By.CSS_SELECTOR, "#log .note")]
     answers = browser.find_elements(By.CSS_SELECTOR, "#log .assistant")
     return (answers[-1].text if answers else None), notes
@@ -226,9 +232,11 @@ def test_the_page_answers_about_an_uploaded_and_a_recorded_clip(server, browser,
     browser.find_element(By.ID, "record").click()  # the microphone is microphone.wav
     time.sleep(2.0)
     browser.find_element(By.ID, "record").click()
-    for _ in range(100):
+    for _ in range(300):
         if browser.find_element(By.ID, "clip").text == "recording":
             break
         time.sleep(0.1)
+    else:
+        pytest.fail(f"the recording did not become the clip: {browser.find_element(By.TAG_NAME, 'body').text!r}")
     answer, notes = page_answer(browser, "What is the speaker's gender?")
     assert answer.startswith("assistant:") and "no speech" not in answer, notes
