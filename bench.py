@@ -39,6 +39,7 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
+from common import configure, die, pad_features, whisper_features
 from model import (DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, compile_decoder_layers, generation_dtype, load_model,
                    sized_config, training_flops)
 
@@ -74,7 +75,7 @@ target_train, target_single, target_batch = 2.0, 3.0, 6.0
 seed = 1337
 phase = ''  # internal: 'train_ours', 'train_published', 'infer_ours' or 'infer_published' (one memory measurement)
 clip_dir = ''  # internal: the clips the main run made
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+configure(globals())
 # -----------------------------------------------------------------------------
 
 SENTENCES = [
@@ -123,22 +124,22 @@ if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
 device_type = 'cuda' if device.startswith('cuda') else device
 if dtype not in ('auto', 'float32', 'bfloat16'):
-    sys.exit(f"error: dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
+    die(f"dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}", code=1)
 train_dtype = infer_dtype = dtype if dtype != 'auto' else generation_dtype(device)  # train.py's and sample.py's
 # train.py's precision: autocast on CUDA and for bf16 on CPU; the cache keeps bf16 unless the run is float32
 use_autocast = train_dtype != 'float32' and device_type in ('cuda', 'cpu')
 train_ctx = lambda: torch.autocast(device_type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()  # noqa: E731
 cache_dtype = torch.float32 if train_dtype == 'float32' else torch.bfloat16
 if compile and not skip_inference:
-    sys.exit("error: --compile=True times training only (the compiled layers are for training steps): "
-             "add --skip_inference=True")
+    die("--compile=True times training only (the compiled layers are for training steps): add --skip_inference=True",
+        code=1)
 if bool(random_whisper) != bool(random_llama):
-    sys.exit("error: random_whisper and random_llama go together (see config/bench_paper_shapes.py)")
+    die("random_whisper and random_llama go together (see config/bench_paper_shapes.py)", code=1)
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 for name in (llm, adapter) + (() if random_whisper else (whisper,)):  # random weights: only --llm's tokenizer is read
     if name and not os.path.exists(name) and name.startswith(('weights', '.', '/', '~')):
-        sys.exit(f"error: {name} not found (run `python get_weights.py`, or pass --whisper=... --llm=...)")
+        die(f"{name} not found (run `python get_weights.py`, or pass --whisper=... --llm=...)", code=1)
 
 tmp = None
 if not clip_dir:
@@ -183,6 +184,64 @@ def watch_frames(model, seen):
     return model.adapter.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
 
 
+def text_tokens(i):
+    """Clip i's text tokens in its training row: prompt pieces and target."""
+    return len(pieces[i].prefix) + len(pieces[i].suffix) + len(pieces[i].target)
+
+
+def train_batches(model, way):
+    """(batches of clip indices, feature cache, seconds the cache took). Ours is train.py's: Whisper once per clip
+    (common.whisper_features), then batches of similar length in a random order; published: no cache, unsorted rows in
+    a fixed random order."""
+    g = torch.Generator().manual_seed(seed)
+    if way == 'published':
+        order = torch.randperm(len(audios), generator=g).tolist()
+        return [order[k:k + batch_size] for k in range(0, len(order), batch_size)], {}, None
+    t0 = clock()
+    cache, _ = whisper_features(model, {i: len(a) for i, a in enumerate(audios)}, audios.__getitem__, train_ctx(), cache_dtype)
+    cache_s = clock() - t0
+    order = sorted(range(len(audios)), key=lambda i: (cache[i].shape[1], text_tokens(i)))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()], cache, cache_s
+
+
+def train_step(model, way, idx, cache, optimizer):
+    """One optimizer step on the clips idx: ours from the cached features through model.forward (the LM head on the
+    target positions only); published with the encoder run inside the step and a causal-LM forward with labels."""
+    if way == 'ours':
+        tapped, frame_mask = pad_features([cache[i] for i in idx])
+    else:
+        with train_ctx():
+            tapped, frame_mask = model.speech_features([audios[i] for i in idx], pad_to_30s=True)
+    with train_ctx():
+        if way == 'ours':
+            loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx],
+                         share_prompt_start=not compile)
+        else:  # a causal-LM forward with labels: (B, S, vocab) logits over every position, as the published code does
+            batch = model.assemble(model.adapter(tapped, frame_mask), [pieces[i] for i in idx])
+            loss = model.llm(inputs_embeds=batch['inputs_embeds'], attention_mask=batch['attention_mask'],
+                             position_ids=batch['position_ids'], labels=batch['labels']).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.adapter.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def profiled_seconds(way, work):
+    """Seconds that work() takes; with --profile, also print torch.profiler's costliest ops over it."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == 'cuda' else [])
+    profiler = torch.profiler.profile(activities=activities) if profile else contextlib.nullcontext()
+    t0 = clock()
+    with profiler:
+        work()
+    seconds = clock() - t0
+    if profile:  # the ops that take the GPU's time on CUDA; on a CPU, or when Python's launches outlast the GPU, the CPU's
+        for key in ('self_cuda_time_total', 'self_cpu_time_total') if device_type == 'cuda' else ('self_cpu_time_total',):
+            print(f"{way}: the timed training steps by {key}\n" +
+                  profiler.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50), flush=True)
+    return seconds
+
+
 def train_way(model, way, n_steps):
     """Timed training steps the given way: dict(steps, rows, tokens, seconds, flops, frames, cache_s)."""
     if compile and way == 'ours':
@@ -193,74 +252,21 @@ def train_way(model, way, n_steps):
     optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.01},
                                    {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
                                   lr=1e-4, betas=(0.9, 0.98), fused=device_type == 'cuda')
-    g = torch.Generator().manual_seed(seed)
-    n_text = [len(p.prefix) + len(p.suffix) + len(p.target) for p in pieces]
-    cache, cache_s = {}, None
-    if way == 'ours':  # train.py: Whisper once per clip, shortest first, 16 at a time; then batches of similar length
-        t0, todo = clock(), sorted(range(len(audios)), key=lambda i: len(audios[i]))
-        for k in range(0, len(todo), 16):
-            with train_ctx():
-                tapped, frame_mask = model.speech_features([audios[i] for i in todo[k:k + 16]])
-            for j, i in enumerate(todo[k:k + 16]):
-                cache[i] = tapped[j, :, :int(frame_mask[j].sum())].to('cpu', cache_dtype).clone()
-        cache_s = clock() - t0
-        order = sorted(range(len(audios)), key=lambda i: (cache[i].shape[1], n_text[i]))
-        batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-        batches = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
-    else:  # unsorted rows, in a fixed random order
-        order = torch.randperm(len(audios), generator=g).tolist()
-        batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    batches, cache, cache_s = train_batches(model, way)
     # whole passes over the batches: the two ways batch the clips differently, and both must time the same clips
-    n_steps = math.ceil(n_steps / len(batches)) * len(batches)
-
-    def step(idx):
-        if way == 'ours':
-            feats = [cache[i] for i in idx]
-            T = max(f.shape[1] for f in feats)
-            tapped = torch.zeros(len(feats), feats[0].shape[0], T, feats[0].shape[2], dtype=cache_dtype)
-            frame_mask = torch.zeros(len(feats), T, dtype=torch.bool)
-            for j, f in enumerate(feats):
-                tapped[j, :, :f.shape[1]], frame_mask[j, :f.shape[1]] = f, True
-        else:
-            with train_ctx():
-                tapped, frame_mask = model.speech_features([audios[i] for i in idx], pad_to_30s=True)
-        with train_ctx():
-            if way == 'ours':
-                loss = model(tapped.to(device).float(), frame_mask.to(device), [pieces[i] for i in idx],
-                             share_prompt_start=not compile)
-            else:  # a causal-LM forward with labels: (B, S, vocab) logits over every position, as the published code does
-                batch = model.assemble(model.adapter(tapped, frame_mask), [pieces[i] for i in idx])
-                loss = model.llm(inputs_embeds=batch['inputs_embeds'], attention_mask=batch['attention_mask'],
-                                 position_ids=batch['position_ids'], labels=batch['labels']).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    steps = [batches[k % len(batches)] for k in range(math.ceil(n_steps / len(batches)) * len(batches))]
+    run = lambda: [train_step(model, way, idx, cache, optimizer) for idx in steps]  # noqa: E731
     for _ in range(warmup):
-        for k in range(n_steps):
-            step(batches[k % len(batches)])
-    frames, rows, tokens = [], 0, 0
+        run()
+    frames = []
     hook = watch_frames(model, frames)
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == 'cuda' else [])
-    profiler = torch.profiler.profile(activities=activities) if profile else contextlib.nullcontext()
-    t0 = clock()
-    with profiler:
-        for k in range(n_steps):
-            step(batches[k % len(batches)])
-    seconds = clock() - t0
+    seconds = profiled_seconds(way, run)
     hook.remove()
-    if profile:  # the ops that take the GPU's time on CUDA; on a CPU, or when Python's launches outlast the GPU, the CPU's
-        for key in ('self_cuda_time_total', 'self_cpu_time_total') if device_type == 'cuda' else ('self_cpu_time_total',):
-            print(f"{way}: the timed training steps by {key}\n" +
-                  profiler.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50), flush=True)
-    for k in range(n_steps):
-        rows += len(batches[k % len(batches)])
-        tokens += sum(n_text[i] + model.config.n_queries for i in batches[k % len(batches)])
     # model FLOPs, the same count for both ways (the published way's extra work, the 30-s encoder and logits at every
     # position, is not counted: MFU says how well the hardware runs what the step needs)
-    flops = sum(training_flops(model, [pieces[i] for i in batches[k % len(batches)]]) for k in range(n_steps))
-    return dict(steps=n_steps, rows=rows, tokens=tokens, seconds=seconds, flops=flops, frames=frames, cache_s=cache_s)
+    return dict(steps=len(steps), rows=sum(map(len, steps)), seconds=seconds, frames=frames, cache_s=cache_s,
+                tokens=sum(text_tokens(i) + model.config.n_queries for idx in steps for i in idx),
+                flops=sum(training_flops(model, [pieces[i] for i in idx]) for idx in steps))
 
 
 def infer_way(model, way):
@@ -352,7 +358,7 @@ if memory:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith('BENCH_PHASE ')), None)
             if proc.returncode or line is None:
-                sys.exit(f"error: the memory run {what}_{way} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                die(f"the memory run {what}_{way} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", code=1)
             mem[what, way] = json.loads(line[len('BENCH_PHASE '):])
 if tmp:
     tmp.cleanup()

@@ -2,7 +2,7 @@
 How much batching speeds up pair generation: the same seed-transcript prompts, greedy, the same max_new_tokens,
 generated one at a time and in one batch (generate_pairs' sorted, left-padded path), measured in one run.
 
-    python bench_pairs.py                     # exits 1 if the batched path is not min_speedup x faster
+    python bench_pairs.py                     # exits 1 if the batched path is not min_speedup x faster, or on an error
     python bench_pairs.py --n_single=4 --max_new_tokens=32
     python bench_pairs.py --instructions="What can you hear from the audio?" --max_new_tokens=64   # the paper's question
 
@@ -24,6 +24,7 @@ import time
 import torch
 
 import generate_pairs as gp
+from common import configure, die
 from model import render_prompt
 
 # -----------------------------------------------------------------------------
@@ -36,7 +37,7 @@ device = 'cpu'
 min_speedup = 6.0
 instructions = '@' + os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'voice_instructions.txt')  # demo.sh's
 seed = 1337
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+configure(globals())
 # -----------------------------------------------------------------------------
 
 SENTENCES = ["At the top level, the salaries are far too high.", "Please call Stella and ask her to bring these things.",
@@ -85,7 +86,7 @@ def timed(items, cfg, model, tokenizer):
 
 
 if not os.path.exists(llm):
-    sys.exit(f"error: {llm} not found: run `python get_weights.py` first (or pass --llm=...)")
+    die(f"{llm} not found: run `python get_weights.py` first (or pass --llm=...)", code=1)
 torch.manual_seed(seed)
 from transformers import AutoTokenizer  # noqa: E402
 

@@ -26,9 +26,6 @@ import json
 import os
 import re
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,10 +34,10 @@ from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer
 
 from audio import MAX_SECONDS, AudioError, load_audio, resample
-from prepare import write_atomic
+from common import chat_completion, configure, die, read_jsonl, write_atomic
 
 # -----------------------------------------------------------------------------
-# config: defaults, then config/<name>.py files and --key=value overrides (configurator.py)
+# config: defaults, then config/<name>.py files and --key=value overrides (common.configure)
 data_dir = 'data/synth'  # prepare.py's output: <data_dir>/<split>.jsonl
 split = 'test'
 adapter = 'out/adapter.safetensors'  # train.py's output
@@ -62,10 +59,10 @@ dynamic_superb_dir = ''  # real Dynamic-SUPERB instances: <dir>/<Task>/*.jsonl o
 judge = ''  # '' = off, 'local' = the loaded LLM, or an OpenAI-compatible API base such as http://localhost:8000/v1
 judge_model = ''  # the model name sent to that API (key from $OPENAI_API_KEY when set)
 judge_limit = 20  # open-ended questions to judge
-# -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
-DEFAULTS = {k: globals()[k] for k in config_keys}
-ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULTS = {k: globals()[k] for k in config_keys}  # main(argv) starts from these
+configure(globals())
+# -----------------------------------------------------------------------------
 ALL_SYSTEMS = ('trained', 'untrained', 'cascade', 'text_seed', 'chance')
 SPEECH_SYSTEMS = ('trained', 'untrained', 'cascade')  # the ones that listen to the clip (the cascade through Whisper)
 
@@ -248,18 +245,13 @@ def pick(choices, *parts):
 def read_split(path):
     """Rows of a prepare.py jsonl with 'audio' made an absolute path; returns (rows, problems)."""
     rows, problems, base = [], [], os.path.dirname(os.path.abspath(path))
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                row['audio'] = os.path.join(base, row['audio_filepath'])
-            except (ValueError, KeyError, TypeError) as e:
-                problems.append({'id': f"{path}:{n}", 'reason': f"bad row ({e!r})"})
-                continue
-            row.setdefault('audio_id', row['audio_filepath'])
-            rows.append(row)
+    for n, row, problem in read_jsonl(path, required=('audio_filepath',)):
+        if problem:
+            problems.append({'id': f"{path}:{n}", 'reason': f"bad row ({problem})"})
+            continue
+        row['audio'] = os.path.join(base, str(row['audio_filepath']))
+        row.setdefault('audio_id', row['audio_filepath'])
+        rows.append(row)
     return rows, problems
 
 
@@ -466,29 +458,13 @@ def summarize_judged(results):
 
 
 def http_judge(api_base, model_name, max_tokens=64, timeout=120):
-    """A judge behind an OpenAI-compatible /chat/completions endpoint, one request per prompt."""
-    url = api_base.rstrip('/') + '/chat/completions'
-    headers = {'Content-Type': 'application/json'}
-    if os.environ.get('OPENAI_API_KEY'):
-        headers['Authorization'] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-
+    """A judge behind an OpenAI-compatible /chat/completions endpoint, one request per prompt; the key, if the server
+    wants one, from $OPENAI_API_KEY."""
     def ask(prompts):
-        replies = []
-        for prompt in prompts:
-            body = json.dumps({'model': model_name, 'messages': [{'role': 'user', 'content': prompt}],
-                               'temperature': 0, 'max_tokens': max_tokens}).encode()
-            for attempt in range(3):
-                try:
-                    with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout) as r:
-                        replies.append(json.load(r)['choices'][0]['message']['content'] or '')
-                    break
-                except urllib.error.HTTPError as e:  # the server answered: retrying will not help
-                    raise RuntimeError(f"judge {url}: HTTP {e.code} {e.read()[:200]!r}") from None
-                except (urllib.error.URLError, TimeoutError, OSError) as e:
-                    if attempt == 2:
-                        raise RuntimeError(f"judge {url}: {e}") from None
-                    time.sleep(2 ** attempt)
-        return replies
+        return [chat_completion(api_base, {'model': model_name, 'messages': [{'role': 'user', 'content': prompt}],
+                                           'temperature': 0, 'max_tokens': max_tokens},
+                                api_key=os.environ.get('OPENAI_API_KEY', ''), retries=2, timeout=timeout)[0]
+                for prompt in prompts]
     return ask
 
 
@@ -665,39 +641,34 @@ def markdown_tables(rep, tasks, deeper=''):
 
 
 # -----------------------------------------------------------------------------
+# the run: check the inputs, read the instances and their clips, generate what the caches lack, score, report
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv=None):
-    globals().update(DEFAULTS)  # so main() can run twice in one process (the tests)
-    saved_argv = sys.argv
-    sys.argv = [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))
-    try:
-        exec(open(os.path.join(ROOT, 'configurator.py')).read(), globals())
-    finally:
-        sys.argv = saved_argv
-    config = {k: globals()[k] for k in config_keys}
-    system_names = [s for s in systems.split(',') if s]
+def check_inputs(system_names, split_path):
+    """Fail on bad input before anything loads. Returns the base models and the adapter's shape to evaluate with (the
+    adapter's config, with --whisper/--llm in place) and the LLM's dtype."""
     unknown = [s for s in system_names if s not in ALL_SYSTEMS]
     if unknown:
-        fail(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
+        die(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
     from model import DTYPES, AdapterConfig, generation_dtype, read_adapter_config
     if dtype != 'auto' and dtype not in DTYPES:
-        fail(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
-    split_path = os.path.join(data_dir, f"{split}.jsonl")
+        die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     if not os.path.exists(split_path) and not dynamic_superb_dir:
-        fail(f"{split_path} not found: run python prepare.py first (or point --data_dir at prepared data)")
+        die(f"{split_path} not found: run python prepare.py first (or point --data_dir at prepared data)")
     if 'trained' in system_names and not os.path.exists(adapter):
-        fail(f"{adapter} not found: run python train.py first, or leave 'trained' out of --systems")
+        die(f"{adapter} not found: run python train.py first, or leave 'trained' out of --systems")
     try:  # the adapter names the base models (unless --whisper/--llm do), so any adapter file must be one
         cfg = read_adapter_config(adapter) if os.path.exists(adapter) else asdict(AdapterConfig())
     except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
-        fail(f"{adapter}: cannot read it as an adapter ({e})")
+        die(f"{adapter}: cannot read it as an adapter ({e})")
+    cfg.update({k: v for k, v in (('whisper', whisper), ('llm', llm)) if v})
+    if whisper and 'trained' not in system_names:  # another Whisper: tap its own default blocks
+        cfg['tapped_layers'] = ()
+    return cfg, generation_dtype(device) if dtype == 'auto' else dtype
 
-    # instances, and the clips they need (a clip that cannot be read is skipped and reported)
+
+def read_instances(split_path, system_names):
+    """The instances and the clips they need: (instances, clips, skipped, dropped tasks). A clip that cannot be read
+    is skipped and reported, with its instances."""
     insts, skipped, dropped = [], [], []
     if os.path.exists(split_path):
         rows, skipped = read_split(split_path)
@@ -709,7 +680,7 @@ def main(argv=None):
         try:
             ds_insts, ds_skipped = load_dynamic_superb(dynamic_superb_dir, limit, seed)
         except (OSError, RuntimeError, ValueError) as e:
-            fail(f"dynamic_superb_dir: {e}")
+            die(f"dynamic_superb_dir: {e}")
         for x in ds_skipped:
             print(f"skipped {x['reason']}", file=sys.stderr)
         insts, skipped = insts + ds_insts, skipped + ds_skipped
@@ -723,85 +694,99 @@ def main(argv=None):
                     clips[inst.audio_key] = None
                     skipped.append({'id': inst.audio_key, 'reason': str(e)})
         insts = [i for i in insts if clips.get(i.audio_key, 0) is not None]
-    # a clip's content, not only its name, goes into the cache keys: prepare.py may rebuild a wav under the same name
-    clip_sha = {a: hashlib.sha1(x.tobytes()).hexdigest() for a, x in clips.items() if x is not None}
     if not insts:
-        fail(f"no instances to evaluate in {split_path}{' or ' + dynamic_superb_dir if dynamic_superb_dir else ''}")
+        die(f"no instances to evaluate in {split_path}{' or ' + dynamic_superb_dir if dynamic_superb_dir else ''}")
+    return insts, {a: x for a, x in clips.items() if x is not None}, skipped, dropped
 
-    # the base models, and a fingerprint per system so a changed adapter or model never reuses stale answers
-    llm_dtype = generation_dtype(device) if dtype == 'auto' else dtype
-    cfg.update({k: v for k, v in (('whisper', whisper), ('llm', llm)) if v})
-    if whisper and 'trained' not in system_names:  # another Whisper: tap its own default blocks
-        cfg['tapped_layers'] = ()
-    base_fp = [cfg['whisper'], cfg['llm'], llm_dtype]
+
+def fingerprints(cfg, system_names, llm_dtype):
+    """What each system's answers depend on besides the instance, so a changed adapter or model never reuses them."""
+    base = [cfg['whisper'], cfg['llm'], llm_dtype]
     shape = {k: cfg[k] for k in ('tapped_layers', 'n_queries', 'n_qformer_layer')}  # the untrained weights' shape
-    fingerprints = {'trained': base_fp + [hashlib.sha256(open(adapter, 'rb').read()).hexdigest() if 'trained' in system_names else ''],
-                    'untrained': base_fp + [f"init{seed}", shape], 'cascade': base_fp,
-                    'text_seed': [cfg['llm'], llm_dtype]}
+    trained = hashlib.sha256(open(adapter, 'rb').read()).hexdigest() if 'trained' in system_names else ''
+    return {'trained': base + [trained], 'untrained': base + [f"init{seed}", shape], 'cascade': base,
+            'text_seed': [cfg['llm'], llm_dtype]}
+
+
+def model_loader(cfg, system_names, llm_dtype):
+    """get_model(system=None): the model, loaded on first use (a rerun that only scores never loads it), with that
+    system's adapter in place for trained and untrained (the other systems do not use it)."""
     loaded = {}
 
-    def get_model():
+    def get_model(system=None):
         if 'model' not in loaded:
             import torch
-            from model import SpeechAdapter, load_model
+            from model import AdapterConfig, SpeechAdapter, load_model
             print(f"loading {cfg['whisper']} + {cfg['llm']}", file=sys.stderr)
             try:
                 m = load_model(AdapterConfig(**cfg), adapter if 'trained' in system_names else None, device,
                                getattr(torch, llm_dtype))
             except ValueError as e:  # an adapter that does not fit the base models: load_model says which dimension
-                fail(str(e) if adapter in str(e) else f"{adapter} does not fit the base models: {e}")
+                die(str(e) if adapter in str(e) else f"{adapter} does not fit the base models: {e}")
             m.eval()
             torch.manual_seed(seed)
             loaded['untrained'] = SpeechAdapter(m.config).to(device).eval().state_dict()
             loaded['trained'] = {k: v.clone() for k, v in m.adapter.state_dict().items()}
-            loaded['model'] = m
+            loaded['model'], loaded['adapter'] = m, 'trained'
+        if system in ('trained', 'untrained') and loaded['adapter'] != system:
+            loaded['model'].adapter.load_state_dict(loaded[system])
+            loaded['adapter'] = system
         return loaded['model']
+    return get_model
 
-    # what each system must generate; chat answers are needed from text_seed too, as the judge's reference
-    os.makedirs(out_dir, exist_ok=True)
-    gen_systems = [s for s in system_names if s != 'chance'] + (['text_seed'] if judge and 'text_seed' not in system_names else [])
+
+def plan_answers(gen_systems, insts, clip_sha, fps):
+    """Per system: its answer cache, each instance's cache key, and the (instance, key) pairs the cache lacks.
+    text_seed answers from the seed transcript, the others from the clip; chat instances are only for the judge."""
     caches, keys, todo = {}, {}, {}
     for s in gen_systems:
         caches[s] = Cache(os.path.join(out_dir, f"cache_{s}.jsonl"))
-        mine = [i for i in insts if (i.seed_transcript if s == 'text_seed' else i.audio_key in clips) and (judge or i.task != 'chat')]
+        mine = [i for i in insts if (i.seed_transcript if s == 'text_seed' else i.audio_key in clip_sha) and (judge or i.task != 'chat')]
         # besides the instruction, text_seed reads the seed transcript and the others hear the clip
-        keyed = [(i, cache_key(fingerprints[s], i.id, i.instruction, i.audio_key, n_tokens(i),
+        keyed = [(i, cache_key(fps[s], i.id, i.instruction, i.audio_key, n_tokens(i),
                                i.seed_transcript if s == 'text_seed' else clip_sha[i.audio_key])) for i in mine]
         todo[s] = [(i, k) for i, k in keyed if k not in caches[s].answers]
         keys[s] = {i.id: k for i, k in keyed}
+    return caches, keys, todo
 
-    transcripts = {}
-    need_text = sorted({i.audio_key for s in gen_systems if s in SPEECH_SYSTEMS for i, _ in todo[s]})
-    if need_text:
-        tcache = Cache(os.path.join(out_dir, 'cache_transcripts.jsonl'))
-        tkeys = {a: cache_key(cfg['whisper'], a, clip_sha[a]) for a in need_text}
-        missing = [a for a in need_text if tkeys[a] not in tcache.answers]
-        for b in tqdm(range(0, len(missing), batch_size), desc='whisper transcripts', disable=not missing):
-            chunk = missing[b:b + batch_size]
-            tcache.add([tkeys[a] for a in chunk], chunk, get_model().transcribe([clips[a] for a in chunk]))
-        transcripts = {a: tcache.answers[tkeys[a]] for a in need_text}
 
+def transcribe_clips(todo, clips, clip_sha, cfg, get_model):
+    """Whisper's transcript of every clip a speech system still has to answer about, through its own cache."""
+    need_text = sorted({i.audio_key for s, items in todo.items() if s in SPEECH_SYSTEMS for i, _ in items})
+    if not need_text:
+        return {}
+    tcache = Cache(os.path.join(out_dir, 'cache_transcripts.jsonl'))
+    tkeys = {a: cache_key(cfg['whisper'], a, clip_sha[a]) for a in need_text}
+    missing = [a for a in need_text if tkeys[a] not in tcache.answers]
+    for b in tqdm(range(0, len(missing), batch_size), desc='whisper transcripts', disable=not missing):
+        chunk = missing[b:b + batch_size]
+        tcache.add([tkeys[a] for a in chunk], chunk, get_model().transcribe([clips[a] for a in chunk]))
+    return {a: tcache.answers[tkeys[a]] for a in need_text}
+
+
+def generate_answers(todo, caches, clips, transcripts, get_model):
+    """What each system's cache lacks, in batches of one system and one answer length, similar prompts together."""
     total = sum(len(v) for v in todo.values())
-    if total:
-        bar = tqdm(total=total, desc='generating')
-        for s in gen_systems:
-            bar.set_description(s)
-            if todo[s] and s in ('trained', 'untrained'):
-                get_model().adapter.load_state_dict(loaded[s])
-            by_length = {}
-            for i, k in todo[s]:  # one batch = one system and one answer length; similar prompts together
-                by_length.setdefault(n_tokens(i), []).append((i, k))
-            for n, items in by_length.items():
-                items.sort(key=lambda x: len(x[0].instruction) + len(transcripts.get(x[0].audio_key, x[0].seed_transcript)))
-                for b in range(0, len(items), batch_size):
-                    batch = items[b:b + batch_size]
-                    out = generate_batch(get_model(), s, [i for i, _ in batch], clips, transcripts, n)
-                    caches[s].add([k for _, k in batch], [i.id for i, _ in batch], out)
-                    bar.update(len(batch))
-        bar.close()
-    answers = {s: {i: caches[s].answers[k] for i, k in keys[s].items() if k in caches[s].answers} for s in gen_systems}
+    if not total:
+        return
+    bar = tqdm(total=total, desc='generating')
+    for s, items_of_system in todo.items():
+        bar.set_description(s)
+        by_length = {}
+        for i, k in items_of_system:
+            by_length.setdefault(n_tokens(i), []).append((i, k))
+        for n, items in by_length.items():
+            items.sort(key=lambda x: len(x[0].instruction) + len(transcripts.get(x[0].audio_key, x[0].seed_transcript)))
+            for b in range(0, len(items), batch_size):
+                batch = items[b:b + batch_size]
+                out = generate_batch(get_model(s), s, [i for i, _ in batch], clips, transcripts, n)
+                caches[s].add([k for _, k in batch], [i.id for i, _ in batch], out)
+                bar.update(len(batch))
+    bar.close()
 
-    # scores
+
+def build_report(config, system_names, insts, answers, skipped, dropped):
+    """The scores of every system, overall and (with several engines) for each engine's clips."""
     task_order = list(dict.fromkeys(i.task for i in insts if i.task not in ('ifeval', 'chat')))
     report = {'config': config, 'systems': system_names, 'tasks': task_order, 'dropped_tasks': dropped, 'skipped': skipped,
               **score_report(system_names, insts, answers)}
@@ -809,29 +794,61 @@ def main(argv=None):
         train_path = os.path.join(data_dir, 'train.jsonl')
         trained_engines = {r.get('engine') for r in read_split(train_path)[0]} if os.path.exists(train_path) else None
         report['by_engine'] = by_engine(system_names, task_order, insts, answers, trained_engines)
+    return report
+
+
+def judge_answers(gen_systems, insts, answers, get_model):
+    """Each system's open-ended answers judged against text_seed's (judge_both_orders), through a cache of the judge's
+    replies: {system: summary, or {'error': ...} when the judge could not be asked}."""
+    jcache = Cache(os.path.join(out_dir, 'cache_judge.jsonl'))
+    ask = local_judge(get_model, batch_size) if judge == 'local' else http_judge(judge, judge_model)
+
+    def cached_judge(prompts):
+        jkeys = [cache_key(judge, judge_model, p) for p in prompts]
+        new = [(k, p) for k, p in dict(zip(jkeys, prompts)).items() if k not in jcache.answers]
+        if new:
+            jcache.add([k for k, _ in new], ['judge'] * len(new), ask([p for _, p in new]))
+        return [jcache.answers[k] for k in jkeys]
+
+    judged = {}
+    chats = [i for i in insts if i.task == 'chat' and i.id in answers['text_seed']]
+    for s in [s for s in gen_systems if s != 'text_seed']:
+        items = [{'description': i.seed_transcript, 'question': i.instruction, 'reference': answers['text_seed'][i.id],
+                  'answer': answers[s][i.id]} for i in chats if i.id in answers[s]]
+        try:
+            judged[s] = summarize_judged(judge_both_orders(cached_judge, items))
+        except RuntimeError as e:
+            judged[s] = {'error': str(e)}
+    return judged
+
+
+def main(argv=None):
+    """The whole evaluation; argv: overrides to run with instead of this process's command line (the tests run main
+    several times in one process, each from the defaults)."""
+    if argv is not None:
+        globals().update(DEFAULTS)
+        configure(globals(), argv)
+    config = {k: globals()[k] for k in config_keys}
+    system_names = [s for s in systems.split(',') if s]
+    split_path = os.path.join(data_dir, f"{split}.jsonl")
+    cfg, llm_dtype = check_inputs(system_names, split_path)
+    insts, clips, skipped, dropped = read_instances(split_path, system_names)
+    # a clip's content, not only its name, goes into the cache keys: prepare.py may rebuild a wav under the same name
+    clip_sha = {a: hashlib.sha1(x.tobytes()).hexdigest() for a, x in clips.items()}
+    get_model = model_loader(cfg, system_names, llm_dtype)
+    # what each system must generate; chat answers are needed from text_seed too, as the judge's reference
+    os.makedirs(out_dir, exist_ok=True)
+    gen_systems = [s for s in system_names if s != 'chance'] + (['text_seed'] if judge and 'text_seed' not in system_names else [])
+    caches, keys, todo = plan_answers(gen_systems, insts, clip_sha, fingerprints(cfg, system_names, llm_dtype))
+    transcripts = transcribe_clips(todo, clips, clip_sha, cfg, get_model)
+    generate_answers(todo, caches, clips, transcripts, get_model)
+    answers = {s: {i: caches[s].answers[k] for i, k in keys[s].items() if k in caches[s].answers} for s in gen_systems}
+    report = build_report(config, system_names, insts, answers, skipped, dropped)
     if judge:
-        jcache = Cache(os.path.join(out_dir, 'cache_judge.jsonl'))
-        ask = local_judge(get_model, batch_size) if judge == 'local' else http_judge(judge, judge_model)
-
-        def cached_judge(prompts):
-            jkeys = [cache_key(judge, judge_model, p) for p in prompts]
-            new = [(k, p) for k, p in dict(zip(jkeys, prompts)).items() if k not in jcache.answers]
-            if new:
-                jcache.add([k for k, _ in new], ['judge'] * len(new), ask([p for _, p in new]))
-            return [jcache.answers[k] for k in jkeys]
-
-        report['judge'] = {}
-        chats = [i for i in insts if i.task == 'chat' and i.id in answers['text_seed']]
-        for s in [s for s in gen_systems if s != 'text_seed']:
-            items = [{'description': i.seed_transcript, 'question': i.instruction, 'reference': answers['text_seed'][i.id],
-                      'answer': answers[s][i.id]} for i in chats if i.id in answers[s]]
-            try:
-                report['judge'][s] = summarize_judged(judge_both_orders(cached_judge, items))
-            except RuntimeError as e:
-                report['judge'][s] = {'error': str(e)}
+        report['judge'] = judge_answers(gen_systems, insts, answers, get_model)
     md = markdown_report(report)
-    for name, text in (('report.json', json.dumps(report, indent=2)), ('report.md', md)):
-        write_atomic(os.path.join(out_dir, name), lambda tmp: open(tmp, 'w').write(text))
+    write_atomic(os.path.join(out_dir, 'report.json'), json.dumps(report, indent=2))
+    write_atomic(os.path.join(out_dir, 'report.md'), md)
     print(md)
     return report
 

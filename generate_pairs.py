@@ -19,21 +19,20 @@ Resumable: output is appended and fsync'd batch by batch; a rerun skips the (aud
 written and drops a line cut short by a kill, so a run killed at any moment and started again loses at most the batch
 in flight. Run one process per output file. Output rows are the manifest rows plus instruction, input (the rendered
 prompt), target and pair_model, in the order they were generated (longest prompts first), not manifest order.
+Exit codes: 0 done, 1 the server could not be reached or failed (the pairs made so far are kept: rerun to go on),
+2 bad input (an argument, a manifest, shards or an output file that do not fit what is asked).
 """
 import hashlib
-import http.client
 import json
 import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from model import (DEFAULT_INSTRUCTION, DTYPES, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
                    mask_and_positions, pad_rows, render_prompt, shared_start, start_cache)
-from prepare import read_jsonl
+from common import ServerError, chat_completion, configure, die, http_json, read_jsonl, write_atomic
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
@@ -60,15 +59,9 @@ device = 'cpu'
 llm_dtype = 'auto'  # auto | float32 | bfloat16 | float16; auto = bf16 on CUDA and on CPUs with bf16 instructions (model.generation_dtype)
 limit = 0  # process only the first `limit` rows of each manifest (of this shard); 0 = all
 config_keys = [k for k, v in globals().items() if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str))]
-if __name__ == '__main__':
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+configure(globals())
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
-
-
-def die(message, code=1):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def parse_shard(text):
@@ -156,17 +149,8 @@ def read_pairs(path):
     clean = b''.join(kept)
     if clean != data:
         print(f"{path}: dropped {len(data.splitlines()) - len(kept)} incomplete or repeated line(s)", file=sys.stderr)
-        write_atomically(path, clean)
+        write_atomic(path, clean)
     return rows
-
-
-def write_atomically(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------
@@ -219,48 +203,22 @@ def local_replies(items, cfg, model, tokenizer, done=()):
 
 
 # -----------------------------------------------------------------------------
-# http backend: any OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...), standard library only
+# http backend: any OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...), through common.chat_completion
 
 
-class ServerError(RuntimeError):
-    pass
-
-
-def http_json(url, body, cfg):
-    """GET (body None) or POST a JSON body; retries connection errors, timeouts, 5xx and 429 with exponential backoff."""
-    headers = {'Content-Type': 'application/json'}
-    if cfg['api_key']:
-        headers['Authorization'] = f"Bearer {cfg['api_key']}"
-    data = None if body is None else json.dumps(body).encode()
-    for attempt in range(cfg['max_retries'] + 1):
-        try:
-            request = urllib.request.Request(url, data=data, headers=headers, method='GET' if body is None else 'POST')
-            with urllib.request.urlopen(request, timeout=cfg['request_timeout']) as response:
-                text = response.read()
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ServerError(f"{url} answered with something that is not JSON: {text[:300]!r}") from None
-        except urllib.error.HTTPError as e:
-            if e.code < 500 and e.code != 429:  # our request is wrong: retrying will not help
-                raise ServerError(f"{url} answered HTTP {e.code}: {e.read()[:500].decode(errors='replace')}") from None
-            last = f"HTTP {e.code}"
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-            last = str(getattr(e, 'reason', e))
-        if attempt < cfg['max_retries']:
-            time.sleep(min(0.5 * 2 ** attempt, 30.0))
-    raise ServerError(f"cannot reach the OpenAI-compatible server at {url} ({last}, {cfg['max_retries'] + 1} tries): "
-                      f"start one that serves the LLM (vLLM, llama.cpp's llama-server, ...) or use --backend=local")
+def server_settings(cfg):
+    """http_json's request settings, from the config."""
+    return dict(api_key=cfg['api_key'], retries=cfg['max_retries'], timeout=cfg['request_timeout'])
 
 
 def server_model_name(cfg):
     """Checks that the server answers at all (one clear error naming the URL if not) and picks the model to ask for."""
     try:
-        listed = http_json(cfg['api_base'].rstrip('/') + '/models', None, cfg)
+        listed = http_json(cfg['api_base'].rstrip('/') + '/models', None, **server_settings(cfg))
         names = [m['id'] for m in listed.get('data', [])]
     except ServerError as e:
         if str(e).startswith('cannot reach'):
-            die(str(e))
+            die(f"{e}, or use --backend=local", code=1)
         names = []  # it answers, but lists no models
     if cfg['api_model']:
         return cfg['api_model']
@@ -273,17 +231,10 @@ def http_replies(items, cfg, model_name):
     """Yields lists of (item, reply, n_generated_tokens) as requests complete, with `concurrency` requests in flight.
     The server applies ITS OWN chat template to these messages: the layout matches training (render_prompt) only if it
     serves the same model with the same template as --llm."""
-    url = cfg['api_base'].rstrip('/') + '/chat/completions'
-
     def ask(item):
         body = dict(model=model_name, messages=chat_messages(item['seed_transcript'], item['instruction']),
                     max_tokens=cfg['max_new_tokens'], temperature=cfg['temperature'], top_p=cfg['top_p'], seed=cfg['seed'])
-        answer = http_json(url, body, cfg)
-        try:
-            reply = answer['choices'][0]['message']['content']
-        except (KeyError, IndexError, TypeError):
-            raise ServerError(f"{url}: unexpected answer {json.dumps(answer)[:300]}") from None
-        return item, (reply or '').strip(), (answer.get('usage') or {}).get('completion_tokens', 0)
+        return (item, *chat_completion(cfg['api_base'], body, **server_settings(cfg)))
 
     todo, pending = iter(items), set()
     with ThreadPoolExecutor(cfg['concurrency']) as pool:
@@ -327,19 +278,92 @@ def merge(cfg, split, n, groups):
             die(f"{split}: {len(missing)} pairs have not been made yet (e.g. {missing[0]!r}): finish the shards first")
     ordered = [pairs[key] for key in wanted if key in pairs]
     out = output_path(cfg['data_dir'], split, 0, 1)
-    write_atomically(out, b''.join(json.dumps(p, ensure_ascii=False).encode() + b'\n' for p in ordered))
+    write_atomic(out, b''.join(json.dumps(p, ensure_ascii=False).encode() + b'\n' for p in ordered))
     print(f"{split}: merged {len(ordered)} pairs from {n} shards -> {out}", file=sys.stderr)
 
 
-def main(cfg):
+def check_existing(out_path, existing, pair_model, groups):
+    """An output file is resumed only with the pairs this run would add to it: the same LLM, and for every row the
+    instructions these --instructions give it."""
+    others = {p.get('pair_model') for p in existing} - {pair_model}
+    if others:
+        die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
+    # each row's pick from a group is a hash of its id modulo the group's size: a group with one instruction more
+    # or less reassigns most of its rows, and resuming would mix pairs of two lists (a new group moves none)
+    moved = [p for p in existing if p['instruction'] not in row_instructions(p['audio_id'], groups)]
+    if moved:
+        picks = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))
+        die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
+            f"{moved[0]['instruction']!r}, these give it {picks}): "
+            "move it away, use another --data_dir, or pass the instructions it was made with")
+
+
+def append_pairs(out_path, replies, n_items, split, pair_model):
+    """Appends each list of replies to out_path as it comes, on disk before the next: (new pairs, tokens, seconds)."""
     from tqdm import tqdm
 
+    t0, n_new, n_tokens = time.time(), 0, 0
+    with open(out_path, 'a', encoding='utf-8') as f, \
+            tqdm(total=n_items, desc=split, unit='row', file=sys.stderr, mininterval=1.0) as bar:
+        try:
+            for results in replies:
+                # one write per batch, not per row (the buffer would reach the disk mid-batch): a batch lands
+                # whole, so a rerun remakes a lost one as the same batch
+                f.write(''.join(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False)
+                                + '\n' for item, reply, _ in results))
+                n_tokens += sum(n for _, _, n in results)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the next batch: a kill loses at most the batch in flight
+                n_new += len(results)
+                elapsed = max(time.time() - t0, 1e-9)
+                bar.update(len(results))
+                bar.set_postfix_str(f"{n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s")
+        except ServerError as e:
+            bar.close()
+            die(f"{e} ({n_new} new pairs of {split} were saved to {out_path}; rerun to go on)", code=1)
+    return n_new, n_tokens, max(time.time() - t0, 1e-9)
+
+
+def make_pairs(cfg, split, shard, groups, pair_model, model, tokenizer):
+    """The pairs of one split (of this shard) that its output file does not hold yet."""
+    rows, n_bad = read_manifest(os.path.join(cfg['data_dir'], f"{split}.jsonl"), *shard)
+    rows = rows[:cfg['limit']] if cfg['limit'] else rows
+    out_path = output_path(cfg['data_dir'], split, *shard)
+    existing = read_pairs(out_path)
+    check_existing(out_path, existing, pair_model, groups)
+    written = {(p['audio_id'], p['instruction']) for p in existing}
+    asked = [{**row, 'instruction': i, 'input': render_prompt(tokenizer, row['seed_transcript'], i)}
+             for row in rows for i in row_instructions(row['audio_id'], groups)]
+    done = {k for k, item in enumerate(asked) if (item['audio_id'], item['instruction']) in written}
+    items = [item for k, item in enumerate(asked) if k not in done]
+    replies = (http_replies(items, cfg, pair_model) if cfg['backend'] == 'http'
+               else local_replies(asked, cfg, model, tokenizer, done))
+    n_new, n_tokens, elapsed = append_pairs(out_path, replies, len(items), split, pair_model)
+    print(f"{split}: {n_new} new pairs, {len(asked) - len(items)} already done, {n_bad} bad manifest rows skipped "
+          f"-> {out_path} ({elapsed:.1f} s, {n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s)", file=sys.stderr)
+
+
+def load_pair_model(cfg):
+    """(the name recorded as pair_model, the local LLM or None for the http backend, the LLM's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    if cfg['backend'] == 'http':
+        pair_model, model = server_model_name(cfg), None
+    else:
+        import torch
+
+        torch.manual_seed(cfg['seed'])
+        pair_model, model = cfg['llm'], load_llm(cfg['llm'], cfg['device'], cfg['llm_dtype'])
+    return pair_model, model, AutoTokenizer.from_pretrained(cfg['llm'])  # renders `input`, the layout trained with
+
+
+def main(cfg):
     split_names = [s.strip() for s in cfg['splits'].split(',') if s.strip()]
-    shard_i, shard_n = parse_shard(cfg['shard'])
+    shard = parse_shard(cfg['shard'])
     for split in split_names:
         path = os.path.join(cfg['data_dir'], f"{split}.jsonl")
         if not os.path.exists(path):
-            die(f"manifest {path} not found: run `python prepare.py` first (or set --data_dir / --splits)", 2)
+            die(f"manifest {path} not found: run `python prepare.py` first (or set --data_dir / --splits)")
     groups = parse_instructions(cfg['instructions'])
     if cfg['merge_shards']:
         for split in split_names:
@@ -349,64 +373,9 @@ def main(cfg):
         die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
     if cfg['llm_dtype'] != 'auto' and cfg['llm_dtype'] not in DTYPES:
         die(f"--llm_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg['llm_dtype']!r}")
-
-    from transformers import AutoTokenizer
-
-    if cfg['backend'] == 'http':
-        pair_model = server_model_name(cfg)
-    else:
-        import torch
-
-        torch.manual_seed(cfg['seed'])
-        pair_model = cfg['llm']
-        model = load_llm(cfg['llm'], cfg['device'], cfg['llm_dtype'])
-    tokenizer = AutoTokenizer.from_pretrained(cfg['llm'])  # renders `input`, the layout the model is trained with
-
+    pair_model, model, tokenizer = load_pair_model(cfg)
     for split in split_names:
-        rows, n_bad = read_manifest(os.path.join(cfg['data_dir'], f"{split}.jsonl"), shard_i, shard_n)
-        rows = rows[:cfg['limit']] if cfg['limit'] else rows
-        out_path = output_path(cfg['data_dir'], split, shard_i, shard_n)
-        existing = read_pairs(out_path)
-        others = {p.get('pair_model') for p in existing} - {pair_model}
-        if others:
-            die(f"{out_path} holds pairs from {others.pop()!r}, not {pair_model!r}: move it away or use another --data_dir")
-        # each row's pick from a group is a hash of its id modulo the group's size: a group with one instruction more
-        # or less reassigns most of its rows, and resuming would mix pairs of two lists (a new group moves none)
-        moved = [p for p in existing if p['instruction'] not in row_instructions(p['audio_id'], groups)]
-        if moved:
-            picks = ' and '.join(map(repr, row_instructions(moved[0]['audio_id'], groups)))
-            die(f"{out_path} holds {len(moved)} pairs made with other --instructions ({moved[0]['audio_id']} was asked "
-                f"{moved[0]['instruction']!r}, these give it {picks}): "
-                "move it away, use another --data_dir, or pass the instructions it was made with")
-        written = {(p['audio_id'], p['instruction']) for p in existing}
-        asked = [{**row, 'instruction': i, 'input': render_prompt(tokenizer, row['seed_transcript'], i)}
-                 for row in rows for i in row_instructions(row['audio_id'], groups)]
-        done = {k for k, item in enumerate(asked) if (item['audio_id'], item['instruction']) in written}
-        items = [item for k, item in enumerate(asked) if k not in done]
-        replies = (http_replies(items, cfg, pair_model) if cfg['backend'] == 'http'
-                   else local_replies(asked, cfg, model, tokenizer, done))
-        t0, n_new, n_tokens = time.time(), 0, 0
-        with open(out_path, 'a', encoding='utf-8') as f, \
-                tqdm(total=len(items), desc=split, unit='row', file=sys.stderr, mininterval=1.0) as bar:
-            try:
-                for results in replies:
-                    # one write per batch, not per row (the buffer would reach the disk mid-batch): a batch lands
-                    # whole, so a rerun remakes a lost one as the same batch
-                    f.write(''.join(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False)
-                                    + '\n' for item, reply, _ in results))
-                    n_tokens += sum(n for _, _, n in results)
-                    f.flush()
-                    os.fsync(f.fileno())  # on disk before the next batch: a kill loses at most the batch in flight
-                    n_new += len(results)
-                    elapsed = max(time.time() - t0, 1e-9)
-                    bar.update(len(results))
-                    bar.set_postfix_str(f"{n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s")
-            except ServerError as e:
-                bar.close()
-                die(f"{e} ({n_new} new pairs of {split} were saved to {out_path}; rerun to go on)")
-        elapsed = max(time.time() - t0, 1e-9)
-        print(f"{split}: {n_new} new pairs, {len(asked) - len(items)} already done, {n_bad} bad manifest rows skipped "
-              f"-> {out_path} ({elapsed:.1f} s, {n_new / elapsed:.2f} rows/s, {n_tokens / elapsed:.1f} tok/s)", file=sys.stderr)
+        make_pairs(cfg, split, shard, groups, pair_model, model, tokenizer)
 
 
 if __name__ == '__main__':

@@ -19,12 +19,12 @@ Nothing is fetched from a model hub. weights/weights.json records finished outpu
 import functools
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
 import struct
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -32,10 +32,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common import configure, die, write_atomic
+
 # -----------------------------------------------------------------------------
 out_dir = 'weights'
 which = 'all'  # 'all' (whisper and llm) | 'whisper' | 'llm' | 'kokoro'
 llm = '0.5b'  # which offline LLM: '0.5b' (the demo's) or '1.5b'
+configure(globals())
 # -----------------------------------------------------------------------------
 
 class Part(NamedTuple):
@@ -207,13 +210,7 @@ def ct2_to_whisper(variables, aliases):
             if name.endswith('.key'):
                 if b.abs().max() != 0: raise WeightsError(f"{src}: key bias is not zero; not a Whisper model")
             else: sd[name + '.bias'] = b.clone()
-    n_layers = {side: len({k.split('/')[1] for k in v if re.match(rf'{side}/layer_\d+/', k)}) for side in ('encoder', 'decoder')}
-    heads = {side: int(v.pop(f'{side}/num_heads')) for side in ('encoder', 'decoder')}
-    # decoder flags: check the ones that change the architecture; alignment_* are timestamp hints (see convert_whisper)
-    for flag, want in [('pre_norm', 1), ('activation', 3), ('alibi', 0), ('scale_embeddings', 0), ('start_from_zero_embedding', 0)]:
-        if f'decoder/{flag}' in v and int(v.pop(f'decoder/{flag}')) != want:
-            raise WeightsError(f"decoder/{flag} != {want}: not an openai-whisper architecture")
-    v.pop('decoder/alignment_heads', None); v.pop('decoder/alignment_layer', None)
+    n_layers, heads = pop_architecture(v)
     linear('encoder.conv1', 'encoder/conv1'); linear('encoder.conv2', 'encoder/conv2')
     sd['encoder.positional_embedding'] = pop('encoder/position_encodings/encodings')
     sd['decoder.token_embedding.weight'] = pop('decoder/embeddings/weight')
@@ -248,6 +245,17 @@ def ct2_to_whisper(variables, aliases):
                 n_text_head=heads['decoder'], n_text_layer=n_layers['decoder'])
     return dims, sd
 
+def pop_architecture(v):
+    """The layer and head counts per side, from the CT2 variables; takes the header variables out of v, checking the
+    decoder flags that change the architecture (alignment_* are timestamp hints: see convert_whisper)."""
+    n_layers = {side: len({k.split('/')[1] for k in v if re.match(rf'{side}/layer_\d+/', k)}) for side in ('encoder', 'decoder')}
+    heads = {side: int(v.pop(f'{side}/num_heads')) for side in ('encoder', 'decoder')}
+    for flag, want in [('pre_norm', 1), ('activation', 3), ('alibi', 0), ('scale_embeddings', 0), ('start_from_zero_embedding', 0)]:
+        if f'decoder/{flag}' in v and int(v.pop(f'decoder/{flag}')) != want:
+            raise WeightsError(f"decoder/{flag} != {want}: not an openai-whisper architecture")
+    v.pop('decoder/alignment_heads', None); v.pop('decoder/alignment_layer', None)
+    return n_layers, heads
+
 def convert_whisper(out_dir, sources=None, total=None):
     """Join + verify + convert; writes out_dir/whisper-base.pt atomically and checks it with whisper.load_model."""
     require('whisper', 'openai-whisper==20250625')
@@ -265,10 +273,8 @@ def convert_whisper(out_dir, sources=None, total=None):
             # strict: no missing/unexpected keys. Like openai's checkpoints, the non-persistent `alignment_heads`
             # buffer is not saved; for word timestamps call model.set_alignment_heads(whisper._ALIGNMENT_HEADS['base'])
             Whisper(ModelDimensions(**dims)).load_state_dict(sd, strict=True)
-        with timed('whisper: save'):
-            tmp = os.path.join(work, WHISPER_FILE)
-            torch.save({'dims': dims, 'model_state_dict': {k: t.half() for k, t in sd.items()}}, tmp)  # fp16 like openai's
-            os.replace(tmp, dst)
+        with timed('whisper: save'):  # fp16 like openai's
+            write_atomic(dst, lambda tmp: torch.save({'dims': dims, 'model_state_dict': {k: t.half() for k, t in sd.items()}}, tmp))
     with timed('whisper: verify load_model'):
         model = whisper.load_model(dst, device='cpu')  # strict load inside
         assert model.dims == ModelDimensions(**dims)
@@ -311,7 +317,7 @@ def convert_llm(out_dir, sources=None, total=None, size='0.5b'):
             model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
             del model
             if os.path.exists(dst): shutil.rmtree(dst)  # an unfinished earlier run (no manifest entry)
-            os.replace(tmp, dst)
+            os.replace(tmp, dst)  # a folder, made whole in the work folder (write_atomic is for files)
     with timed('llm: verify reload + generate'):
         answer = llm_answer(dst, "What is the capital of France? Answer in one word.")
     print(f"llm: sanity answer {answer!r}\n -> {dst}")
@@ -360,16 +366,16 @@ def convert_kokoro(out_dir, sources=None, total=None):
             graph.node.insert(producer + 1, onnx.helper.make_node('Mul', [f0, 'pitch'], ['f0_scaled'], name='pitch_scale'))
             graph.input.append(onnx.helper.make_tensor_value_info('pitch', onnx.TensorProto.FLOAT, [1]))
             onnx.checker.check_model(model)
-            onnx.save(model, os.path.join(work, 'kokoro.onnx'))
         with timed('kokoro: voices'):
             with tarfile.open(tarball) as tar:  # package/voices/<name>.bin: float32 (510, 1, 256), one row per length
                 styles = {os.path.basename(m.name)[:-4]: np.frombuffer(tar.extractfile(m).read(), np.float32).reshape(510, 1, 256)
                           for m in tar.getmembers() if re.fullmatch(r'package/voices/[ab][fm]_\w+\.bin', m.name)}
             if len(styles) != 28:
                 raise WeightsError(f"{tarball}: {len(styles)} English voices, expected 28")
-            np.savez(os.path.join(work, 'voices.npz'), **styles)
-        for name in ('kokoro.onnx', 'voices.npz'):
-            os.replace(os.path.join(work, name), os.path.join(dst, name))
+            voices = io.BytesIO()
+            np.savez(voices, **styles)
+        write_atomic(os.path.join(dst, 'kokoro.onnx'), lambda tmp: onnx.save(model, tmp))
+        write_atomic(os.path.join(dst, 'voices.npz'), voices.getvalue())
     print(f"kokoro: {len(styles)} voices -> {dst}")
     return dst
 
@@ -394,17 +400,14 @@ def is_done(out_dir, key, output, total):
 def mark_done(out_dir, key, output, total):
     manifest = read_manifest(out_dir)
     manifest[key] = {'output': output, 'source_sha256': total[1], 'source_bytes': total[0], 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
-    tmp = os.path.join(out_dir, MANIFEST + '.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    write_atomic(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=2))
 
 def main():
     # read the module globals here (not at import) so a test can patch them
     if which not in ('all', 'whisper', 'llm', 'kokoro'):
-        sys.exit(f"error: --which must be one of all, whisper, llm, kokoro (got {which!r})")
+        die(f"--which must be one of all, whisper, llm, kokoro (got {which!r})")
     if llm not in LLMS:
-        sys.exit(f"error: --llm must be one of {', '.join(LLMS)} (got {llm!r})")
+        die(f"--llm must be one of {', '.join(LLMS)} (got {llm!r})")
     llm_key, _, llm_total, llm_dir = LLMS[llm]
     steps = {'whisper': (convert_whisper, 'whisper', WHISPER_FILE, WHISPER_TOTAL),
              'llm': (functools.partial(convert_llm, size=llm), llm_key, llm_dir, llm_total),
@@ -420,9 +423,7 @@ def main():
                 convert(out_dir, total=total)
             mark_done(out_dir, key, output, total)
     except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        die(str(e))
 
 if __name__ == '__main__':
-    exec(open('configurator.py').read())  # overrides the globals above
     main()

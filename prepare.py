@@ -42,6 +42,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from audio import SAMPLE_RATE, AudioError, load_audio, resample
+from common import configure, die, read_jsonl, write_atomic
 
 # -----------------------------------------------------------------------------
 # config, overridable from the command line: --key=value or a config/<name>.py file
@@ -58,8 +59,7 @@ max_seconds = 30.0  # longer inputs are skipped (Whisper's window)
 engines = 'kokoro,rhvoice,mbrola,espeak'  # synth: the speech engines (see VOICES); one not installed is left out
 holdout_engine = ''  # synth: an engine whose voices all go to test, never trained on (a generalization figure)
 num_workers = os.cpu_count() or 1  # processes for synthesis + measurement
-if __name__ == '__main__':  # (tests import this file's functions without running it)
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+configure(globals())
 # -----------------------------------------------------------------------------
 
 SILENCE_PEAK = 1e-4  # a file whose peak stays below this (-80 dBFS) is silent
@@ -539,21 +539,6 @@ def import_ravdess(root):
 SPLIT_NAMES = {'train': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val', 'dev': 'val', 'test': 'test'}
 
 
-def read_jsonl(path):
-    """(line number, record, problem) for each non-blank line of a .jsonl file, problem None or why the line is not
-    a JSON object (then record is of no use). generate_pairs.read_manifest reads its manifests with it too."""
-    with open(path, encoding='utf-8') as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield number, None, f'bad JSON ({e.msg})'
-                continue
-            yield number, record, None if isinstance(record, dict) else 'not a JSON object'
-
-
 def import_manifest(path):
     """A .csv or .jsonl: the audio path (relative to the manifest) in audio_filepath/file/audio/path, the text
     in transcription/text, any attribute clean_metadata() knows, and optionally a train/val/test split (dev and
@@ -655,13 +640,6 @@ def wav_is_done(path):
         return False
 
 
-def write_atomic(path, write):
-    """write(tmp) to a temp file in the same directory, then rename it over path: never half a file."""
-    tmp = f'{path}.{os.getpid()}.tmp'
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_wav(path, audio):
     """Write 16-bit PCM; return the audio exactly as it reads back, so a resumed clip measures the same."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
@@ -709,11 +687,6 @@ def process(job, out_dir, max_seconds):
 # -----------------------------------------------------------------------------
 # the run
 
-def fail(message, code):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(code)
-
-
 def read_manifests(out_dir):
     paths = [os.path.join(out_dir, f'{s}.jsonl') for s in ('train', 'val', 'test')]
     return {r['audio_id']: r for p in paths if os.path.isfile(p) for r in map(json.loads, filter(str.strip, open(p)))}
@@ -723,7 +696,7 @@ def write_manifests(out_dir, jobs, rows):
     """One jsonl per split, rows in plan order (so a repaired run is byte-identical), each written atomically."""
     for split in ('train', 'val', 'test'):
         lines = [json.dumps(rows[j['audio_id']]) + '\n' for j in jobs if j['split'] == split and j['audio_id'] in rows]
-        write_atomic(os.path.join(out_dir, f'{split}.jsonl'), lambda tmp: open(tmp, 'w').writelines(lines))
+        write_atomic(os.path.join(out_dir, f'{split}.jsonl'), ''.join(lines))
 
 
 def agreement(rows):
@@ -732,41 +705,45 @@ def agreement(rows):
     return {k: hits[k] / max(1, len(rows)) for k in LEVELS}
 
 
-def main():
-    t0 = time.time()
-    if source not in SOURCES:
-        fail(f"unknown --source={source!r}; expected one of: {', '.join(SOURCES)}", 2)
-    skipped = []  # inputs left out before any clip is made (unreadable manifest lines, repeated ids)
-    if source == 'synth':
-        wanted = [e for e in engines.split(',') if e]
-        if not wanted or set(wanted) - set(ENGINES) or holdout_engine not in wanted + ['']:
-            fail(f'--engines={engines!r} --holdout_engine={holdout_engine!r}: engines are a comma-separated list of '
-                 f'{", ".join(ENGINES)}, and holdout_engine is one of them (or empty)', 2)
-        problems = {v: voice_problem(v) for v in VOICES if v.split('/')[0] in wanted}
-        for problem, n in Counter(p for p in problems.values() if p).items():  # an engine not installed here:
-            print(f'leaving out {n} voice(s): {problem}', file=sys.stderr)  # say so, go on with the others
-        voice_names = [v for v, problem in problems.items() if not problem]
-        if not voice_names or holdout_engine and not any(v.startswith(holdout_engine + '/') for v in voice_names):
-            fail('no voice of the engines asked for can speak here (see above); --source=synth needs at least '
-                 'espeak-ng: apt-get install espeak-ng', 3)
-        try:
-            jobs = plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed, voice_names, holdout_engine, max_words)
-        except ValueError as e:
-            fail(str(e), 2)
-    else:
-        if not source_dir or not os.path.exists(source_dir):
-            fail(f'--source_dir not found: {os.path.abspath(source_dir) if source_dir else "(not given)"}', 2)
-        try:
-            imported = IMPORTERS[source](Path(source_dir))
-        except (OSError, ValueError, KeyError, csv.Error) as e:  # a wrong file or folder, not a bad clip
-            fail(f'cannot read {os.path.abspath(source_dir)} as --source={source}: {type(e).__name__}: {e}', 2)
-        clips, repeated = drop_repeated_ids([r for r in imported if 'reason' not in r])
-        skipped = [r for r in imported if 'reason' in r] + repeated  # a manifest's unreadable lines first
-        jobs = assign_splits(clips, source, val_frac, test_frac, seed)
-        if not jobs:
-            fail(f'no {source} audio found under {os.path.abspath(source_dir)} (see import_{source} for the layout)', 2)
-    os.makedirs(os.path.join(out_dir, 'wav'), exist_ok=True)
-    # clip ids map to contents and splits through these settings: resuming under others would mix two corpora
+def plan_synthetic_jobs():
+    """The synthetic corpus's clips over the voices that can speak here: (jobs, voice names)."""
+    wanted = [e for e in engines.split(',') if e]
+    if not wanted or set(wanted) - set(ENGINES) or holdout_engine not in wanted + ['']:
+        die(f'--engines={engines!r} --holdout_engine={holdout_engine!r}: engines are a comma-separated list of '
+            f'{", ".join(ENGINES)}, and holdout_engine is one of them (or empty)')
+    problems = {v: voice_problem(v) for v in VOICES if v.split('/')[0] in wanted}
+    for problem, n in Counter(p for p in problems.values() if p).items():  # an engine not installed here:
+        print(f'leaving out {n} voice(s): {problem}', file=sys.stderr)  # say so, go on with the others
+    voice_names = [v for v, problem in problems.items() if not problem]
+    if not voice_names or holdout_engine and not any(v.startswith(holdout_engine + '/') for v in voice_names):
+        die('no voice of the engines asked for can speak here (see above); --source=synth needs at least '
+            'espeak-ng: apt-get install espeak-ng', code=3)
+    try:
+        return plan_synthetic(n_clips, n_sentences, val_frac, test_frac, seed, voice_names, holdout_engine,
+                              max_words), voice_names
+    except ValueError as e:
+        die(str(e))
+
+
+def plan_imported_jobs():
+    """A real corpus's clips with their splits: (jobs, skip records of the inputs left out before any clip is made:
+    a manifest's unreadable lines, repeated ids)."""
+    if not source_dir or not os.path.exists(source_dir):
+        die(f'--source_dir not found: {os.path.abspath(source_dir) if source_dir else "(not given)"}')
+    try:
+        imported = IMPORTERS[source](Path(source_dir))
+    except (OSError, ValueError, KeyError, csv.Error) as e:  # a wrong file or folder, not a bad clip
+        die(f'cannot read {os.path.abspath(source_dir)} as --source={source}: {type(e).__name__}: {e}')
+    clips, repeated = drop_repeated_ids([r for r in imported if 'reason' not in r])
+    jobs = assign_splits(clips, source, val_frac, test_frac, seed)
+    if not jobs:
+        die(f'no {source} audio found under {os.path.abspath(source_dir)} (see import_{source} for the layout)')
+    return jobs, [r for r in imported if 'reason' in r] + repeated  # a manifest's unreadable lines first
+
+
+def check_settings(voice_names):
+    """Record the settings in out_dir, or refuse a folder made with others: clip ids map to contents and splits
+    through them, and resuming under others would mix two corpora."""
     settings = dict(source=source, source_dir=os.path.abspath(source_dir) if source_dir else '', seed=seed,
                     n_sentences=n_sentences if source == 'synth' else None, val_frac=val_frac, test_frac=test_frac)
     if source == 'synth':  # the voices that could speak here decide every clip's voice and split
@@ -775,10 +752,13 @@ def main():
     if os.path.isfile(settings_path) and json.load(open(settings_path)) != settings:
         saved = json.load(open(settings_path))
         changed = ', '.join(f'{k}: {saved.get(k)!r} then, {v!r} now' for k, v in settings.items() if saved.get(k) != v)
-        fail(f'{out_dir} was prepared with other settings ({changed[:600]}); use another --out_dir', 2)
-    write_atomic(settings_path, lambda tmp: json.dump(settings, open(tmp, 'w')))
+        die(f'{out_dir} was prepared with other settings ({changed[:600]}); use another --out_dir')
+    write_atomic(settings_path, json.dumps(settings))
 
-    # resume: a clip is done when its row is in a manifest and its wav is whole
+
+def make_clips(jobs):
+    """Make and measure the clips that are not done, in num_workers processes, saving the manifests as it goes.
+    A clip is done when its row is in a manifest and its wav is whole. Returns (rows, n kept, n made, skip records)."""
     done = read_manifests(out_dir)
     rows = {j['audio_id']: done[j['audio_id']] for j in jobs if j['audio_id'] in done
             and wav_is_done(os.path.join(out_dir, done[j['audio_id']]['audio_filepath']))}
@@ -797,16 +777,15 @@ def main():
     except KeyboardInterrupt:
         write_manifests(out_dir, jobs, rows)
         print(file=sys.stderr)  # off the progress bar's line
-        fail(f'interrupted with {len(rows)} clips saved; run the same command again to finish', 130)
+        die(f'interrupted with {len(rows)} clips saved; run the same command again to finish', code=130)
     write_manifests(out_dir, jobs, rows)
-    plan_index = {j['audio_id']: k for k, j in enumerate(jobs)}
-    skipped += sorted(failed, key=lambda s: plan_index[s['audio_id']])  # not completion order: the same every run
-    skipped_path = os.path.join(out_dir, 'skipped.jsonl')
-    write_atomic(skipped_path, lambda tmp: open(tmp, 'w').writelines(json.dumps(s) + '\n' for s in skipped))
+    return rows, kept, made, failed
 
+
+def print_summary(jobs, rows, kept, made, skipped, skipped_path, seconds):
     n = Counter(j['split'] for j in jobs if j['audio_id'] in rows)
     print(f"{out_dir}: train {n['train']}, val {n['val']}, test {n['test']} clips | {made} new, "
-          f"{len(rows) - kept - made} re-measured, {kept} kept, {len(skipped)} skipped | {time.time() - t0:.1f}s")
+          f"{len(rows) - kept - made} re-measured, {kept} kept, {len(skipped)} skipped | {seconds:.1f}s")
     if skipped:
         reasons = ', '.join(f'{r}: {c}' for r, c in Counter(s['reason'] for s in skipped).most_common())
         print(f'skipped {len(skipped)} inputs ({reasons}); see {skipped_path}', file=sys.stderr)
@@ -814,8 +793,26 @@ def main():
         for engine in sorted({r['engine'] for r in rows.values()}):
             rates = ', '.join(f'{k} {v:.1%}' for k, v in agreement([r for r in rows.values() if r['engine'] == engine]).items())
             print(f'{engine}: measured level = synthesis control: {rates}')
+
+
+def main():
+    t0 = time.time()
+    if source not in SOURCES:
+        die(f"unknown --source={source!r}; expected one of: {', '.join(SOURCES)}")
+    if source == 'synth':
+        (jobs, voice_names), skipped = plan_synthetic_jobs(), []
+    else:
+        (jobs, skipped), voice_names = plan_imported_jobs(), None
+    os.makedirs(os.path.join(out_dir, 'wav'), exist_ok=True)
+    check_settings(voice_names)
+    rows, kept, made, failed = make_clips(jobs)
+    plan_index = {j['audio_id']: k for k, j in enumerate(jobs)}
+    skipped += sorted(failed, key=lambda s: plan_index[s['audio_id']])  # not completion order: the same every run
+    skipped_path = os.path.join(out_dir, 'skipped.jsonl')
+    write_atomic(skipped_path, ''.join(json.dumps(s) + '\n' for s in skipped))
+    print_summary(jobs, rows, kept, made, skipped, skipped_path, time.time() - t0)
     if not rows:
-        fail('no usable clips were produced', 1)
+        die('no usable clips were produced', code=1)
 
 
 IMPORTERS = {'vctk': import_vctk, 'librispeech': import_librispeech, 'crema_d': import_crema_d,

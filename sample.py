@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 
 from audio import AudioError, load_audio
+from common import configure, die
 from model import DEFAULT_INSTRUCTION, DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
 # -----------------------------------------------------------------------------
@@ -36,15 +37,8 @@ top_p = 1.0  # nucleus sampling when temperature > 0
 batch_size = 8  # (clip, prompt) pairs per generate call
 draft_tokens = 10  # prompt-lookup drafts per step when one pair is answered greedily; 0 = plain decoding (model.llm_decode)
 seed = 1337
+configure(globals())
 # -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-# -----------------------------------------------------------------------------
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
 
 # --- everything that can be checked before the models load ---
 paths = []

@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 from audio import MAX_SECONDS, AudioError, decode_audio, holds_speech
+from common import configure, die
 from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
 # -----------------------------------------------------------------------------
@@ -45,8 +46,7 @@ batch_wait = 0.02  # seconds to wait for more requests once one has arrived
 max_new_tokens = 256  # the most a request may ask for (max_tokens); also its default
 max_body_mb = 16.0  # larger requests are refused (413) before they are read
 seed = 1337
-# -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+configure(globals())
 # -----------------------------------------------------------------------------
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve.html')
 AUDIO_FORMATS = ('wav', 'flac', 'ogg', 'mp3')
@@ -237,11 +237,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # one line per request on stderr, as http.server does, without the date
         print(f"{self.address_string()} {format % args}", file=sys.stderr)
-
-
-def die(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ Writes into out_dir: adapter.safetensors (the adapter with the best validation l
 ckpt.pt (everything needed to resume exactly: adapter, optimizer, scaler, iteration, data position, RNG states, config)
 and log.jsonl (one JSON object per log line). Exit codes: 0 done, 2 bad input or config, 3 diverged.
 """
+import atexit
 import contextlib
 import hashlib
 import io
@@ -23,7 +24,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 
@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
+from common import configure, die, pad_features, read_jsonl, whisper_features, write_atomic
 from model import DTYPES, AdapterConfig, compile_decoder_layers, generation_dtype, load_model, training_flops
 
 t_launch = time.time()
@@ -91,16 +92,9 @@ config_keys.remove('t_launch')
 rank = int(os.environ.get('RANK', 0))
 # every rank reads the same overrides; only rank 0 says so. Bad config -> exit 2.
 with contextlib.redirect_stdout(io.StringIO()) if rank > 0 else contextlib.nullcontext():
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    configure(globals())
 config = {k: globals()[k] for k in config_keys}  # saved in every checkpoint
 # ----------------------------------------------------------------------------------------------------
-
-
-def die(message, code=2):
-    print(f"error: {message}", file=sys.stderr)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(code)
 
 
 def warn(message):
@@ -142,6 +136,7 @@ if ddp:
     if backend == 'auto':
         backend = 'nccl' if device_type == 'cuda' else 'gloo'
     dist.init_process_group(backend=backend)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # on any exit, die()'s included
     world_size, local_rank = dist.get_world_size(), int(os.environ['LOCAL_RANK'])
     if device_type == 'cuda':
         device = f'cuda:{local_rank}'
@@ -196,18 +191,14 @@ if master:
 def read_pairs(path):
     """Rows of a pairs file; the audio path is relative to the file's directory. Malformed lines are reported and skipped."""
     rows, skipped = [], 0
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                rows.append(dict(audio=os.path.join(os.path.dirname(path), r['audio_filepath']), transcript=r['transcription'],
-                                 instruction=r['instruction'], target=r['target']))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                if master:
-                    warn(f"{path}:{line_no}: skipped, not a pairs row ({type(e).__name__}: {e})")
-                skipped += 1
+    for line_no, r, problem in read_jsonl(path, required=('audio_filepath', 'transcription', 'instruction', 'target')):
+        if problem:
+            if master:
+                warn(f"{path}:{line_no}: skipped, not a pairs row ({problem})")
+            skipped += 1
+            continue
+        rows.append(dict(audio=os.path.join(os.path.dirname(path), str(r['audio_filepath'])), transcript=r['transcription'],
+                         instruction=r['instruction'], target=r['target']))
     return rows, skipped
 
 
@@ -228,30 +219,13 @@ for s in splits.values():
             except AudioError as e:
                 bad_clips[row['audio']] = str(e)
 
-# Whisper is frozen, so each clip's tapped features are computed once. Memory: len(tapped_layers) * n_audio_state values
-# per encoder frame (50 frames per second), 2 bytes each (bf16; 4 in a float32 run): whisper-base, 3 blocks of 512 ->
-# 154 kB per second of audio (1000 clips of 5 s: 0.8 GB); whisper-small, 4 blocks of 768 -> 307 kB/s (the paper's 124k
-# clips would need ~190 GB: use cache_features=False there, which runs the encoder on every batch instead).
+# Whisper is frozen, so each clip's tapped features are computed once (the memory it takes: common.py, whisper_features;
+# the paper's 124k clips would need ~190 GB: use cache_features=False there, which runs the encoder on every batch)
 features = {}  # path -> (L, T, D) on the CPU
 cache_dtype = torch.float32 if dtype == 'float32' else torch.bfloat16
 if cache_features:
-    from tqdm import tqdm
-    todo = sorted(clips, key=lambda p: clips[p])  # similar lengths together: less padding
-    with tqdm(total=len(todo), desc='whisper features', unit='clip', disable=not master, file=sys.stderr) as bar:
-        for i in range(0, len(todo), 16):
-            audios, paths = [], []
-            for path in todo[i:i + 16]:
-                try:
-                    audios.append(load_audio(path))
-                    paths.append(path)
-                except AudioError as e:  # the header was fine but the samples are not
-                    bad_clips[path] = str(e)
-            if audios:
-                with ctx:
-                    tapped, frame_mask = raw_model.speech_features(audios)
-                for j, path in enumerate(paths):
-                    features[path] = tapped[j, :, :int(frame_mask[j].sum())].to('cpu', cache_dtype).clone()
-            bar.update(len(todo[i:i + 16]))
+    features, unreadable = whisper_features(raw_model, clips, load_audio, ctx, cache_dtype, progress=master)
+    bad_clips.update(unreadable)
 for path in bad_clips:
     clips.pop(path, None)
 if master:
@@ -300,13 +274,7 @@ def get_batch(split, idx):
     s = splits[split]
     rows, pieces = [s['rows'][i] for i in idx], [s['pieces'][i] for i in idx]
     if cache_features:
-        feats = [features[r['audio']] for r in rows]
-        T = max(f.shape[1] for f in feats)
-        tapped = torch.zeros(len(feats), *feats[0].shape[:1], T, feats[0].shape[2], dtype=cache_dtype)
-        frame_mask = torch.zeros(len(feats), T, dtype=torch.bool)
-        for i, f in enumerate(feats):
-            tapped[i, :, :f.shape[1]] = f
-            frame_mask[i, :f.shape[1]] = True
+        tapped, frame_mask = pad_features([features[r['audio']] for r in rows])
     else:
         try:
             audios = [load_audio(r['audio']) for r in rows]
@@ -407,18 +375,6 @@ def log(record):
             f.write(json.dumps(record) + '\n')
 
 
-def atomic_write(path, write):
-    """Write through a temporary file in the same directory, then rename: a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.tmp-', suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint():
     if not master:
         return
@@ -431,7 +387,7 @@ def save_checkpoint():
         'rng': {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate(),
                 'cuda': torch.cuda.get_rng_state_all() if device_type == 'cuda' else None},
     }
-    atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
+    write_atomic(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 @torch.no_grad()
@@ -516,7 +472,7 @@ while True:
         if val_loss < best_val_loss:
             best_val_loss = val_loss
             if master:
-                atomic_write(os.path.join(out_dir, 'adapter.safetensors'), raw_model.save_adapter)
+                write_atomic(os.path.join(out_dir, 'adapter.safetensors'), raw_model.save_adapter)
         save_checkpoint()
     if stop_reason:
         break
@@ -590,5 +546,3 @@ while True:
 if master:
     print(f"done: {stop_reason} at iter {iter_num}; best val loss {best_val_loss:.4f}; "
           f"adapter in {os.path.join(out_dir, 'adapter.safetensors')}, resume state in {ckpt_path}")
-if ddp:
-    dist.destroy_process_group()

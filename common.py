@@ -1,0 +1,208 @@
+"""
+What the top-level scripts share: reading the config, failing with one line, writing files whole, reading jsonl,
+talking to an OpenAI-compatible server, and caching the frozen Whisper's features. Plain functions, no state.
+"""
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from ast import literal_eval
+
+
+def die(message, code=2):
+    """Stop with one line on stderr. Codes: 2 bad input (a command line, file or setting to fix), others are the
+    script's own (see its docstring)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# -----------------------------------------------------------------------------
+# Poor man's configurator, in the nanoGPT manner. A script defines its config as plain module-level globals, then
+# calls configure(globals()), which applies, in order, every config/<name>.py file named on the command line (plain
+# Python assignments) and every --key=value override (a bare --flag sets a boolean to True). An override must name an
+# existing global, and its value is parsed as a Python literal when possible and must keep the type of the default (so
+# a typo or --lr=abc fails loudly instead of silently doing something else).
+
+def configure(namespace, argv=None):
+    """Apply config files and --key=value overrides to namespace, a script's globals(). argv None means this process's
+    command line, which belongs to the script being run: a script imported as a module (by the tests, or bench_pairs
+    importing generate_pairs) keeps its defaults."""
+    if argv is None:
+        if namespace.get('__name__') != '__main__':
+            return
+        argv = sys.argv[1:]
+    for arg in argv:
+        if arg.startswith('--'):
+            override(namespace, arg)
+            continue
+        if not arg.endswith('.py'):
+            die(f"'{arg}' is neither a config file (config/<name>.py) nor a --key=value override")
+        try:
+            with open(arg) as f:
+                source = f.read()
+        except OSError as e:
+            die(f"cannot read config file {arg}: {e.strerror}")
+        print(f"overriding config with {arg}")
+        exec(source, namespace)  # plain assignments into the script's globals
+
+
+def override(namespace, arg):
+    """One --key=value, type-checked against the default."""
+    if '=' not in arg and isinstance(namespace.get(arg[2:]), bool):
+        arg += '=True'  # a bare --flag switches a boolean on
+    if '=' not in arg:
+        die(f"override '{arg}' must look like --key=value")
+    key, val = arg[2:].split('=', 1)
+    if key not in namespace:
+        die(f"unknown config key '{key}' (from '{arg}')")
+    try:
+        value = literal_eval(val)  # numbers, booleans, lists, quoted strings
+    except (SyntaxError, ValueError):
+        value = val  # a bare string such as --device=cuda
+    default = namespace[key]
+    if default is not None and not isinstance(value, type(default)):
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)  # --lr=1 is a fine float
+        elif isinstance(default, str):
+            value = val  # --out_dir=123 is still a path
+        else:
+            die(f"--{key} expects a {type(default).__name__} like {default!r}, got {val!r}")
+    print(f"overriding: {key} = {value!r}")
+    namespace[key] = value
+
+
+# -----------------------------------------------------------------------------
+
+def write_atomic(path, content):
+    """Replace path whole or not at all: a kill or an error mid-write leaves the old file (or none), never half of
+    one. content is a str, bytes, or a function that writes the file at the path it is given (torch.save, sf.write).
+    The temporary file sits beside path (a rename within one file system is atomic) and reaches the disk (fsync)
+    before the rename, so a crash right after cannot leave an empty file under the final name."""
+    tmp = f'{path}.{os.getpid()}.tmp'  # one per process: prepare.py's workers write side by side
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            with open(tmp, 'wb') as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_jsonl(path, required=()):
+    """(line number, record, problem) for each non-blank line of a .jsonl file: problem is None, or why the line is of
+    no use (not JSON, not a JSON object, or without one of the required keys), for the caller to report and skip."""
+    with open(path, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, None, f'bad JSON ({e.msg})'
+                continue
+            if not isinstance(record, dict):
+                yield number, record, 'not a JSON object'
+                continue
+            missing = [k for k in required if k not in record]
+            yield number, record, f"no {' and no '.join(missing)}" if missing else None
+
+
+# -----------------------------------------------------------------------------
+# an OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...): generate_pairs.py's http backend, eval.py's judge
+
+class ServerError(RuntimeError):
+    pass
+
+
+def http_json(url, body=None, api_key='', retries=5, timeout=600.0):
+    """GET (body None) or POST a JSON body; retries connection errors, timeouts, 5xx and 429 with exponential backoff."""
+    headers = {'Content-Type': 'application/json'}
+    if api_key:
+        headers['Authorization'] = f"Bearer {api_key}"
+    data = None if body is None else json.dumps(body).encode()
+    for attempt in range(retries + 1):
+        try:
+            request = urllib.request.Request(url, data=data, headers=headers, method='GET' if body is None else 'POST')
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read()
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ServerError(f"{url} answered with something that is not JSON: {text[:300]!r}") from None
+        except urllib.error.HTTPError as e:
+            if e.code < 500 and e.code != 429:  # our request is wrong: retrying will not help
+                raise ServerError(f"{url} answered HTTP {e.code}: {e.read()[:500].decode(errors='replace')}") from None
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+            last = str(getattr(e, 'reason', e))
+        if attempt < retries:
+            time.sleep(min(0.5 * 2 ** attempt, 30.0))
+    raise ServerError(f"cannot reach the OpenAI-compatible server at {url} ({last}, {retries + 1} tries): "
+                      f"start one that serves the LLM (vLLM, llama.cpp's llama-server, ...)")
+
+
+def chat_completion(api_base, body, **request):
+    """One /chat/completions request (body: model, messages, sampling settings): (reply, generated tokens).
+    request: http_json's api_key, retries and timeout."""
+    url = api_base.rstrip('/') + '/chat/completions'
+    answer = http_json(url, body, **request)
+    try:
+        reply = answer['choices'][0]['message']['content']
+    except (KeyError, IndexError, TypeError):
+        raise ServerError(f"{url}: unexpected answer {json.dumps(answer)[:300]}") from None
+    return (reply or '').strip(), (answer.get('usage') or {}).get('completion_tokens', 0)
+
+
+# -----------------------------------------------------------------------------
+# Whisper is frozen, so each clip's tapped features can be computed once and kept (train.py's cache_features, and
+# bench.py's way of training). Memory: len(tapped_layers) * n_audio_state values per encoder frame (50 frames per
+# second), 2 bytes each (bf16; 4 in a float32 run): whisper-base, 3 blocks of 512 -> 154 kB per second of audio (1000
+# clips of 5 s: 0.8 GB); whisper-small, 4 blocks of 768 -> 307 kB/s (the paper's 124k clips would need ~190 GB).
+
+def whisper_features(model, lengths, load, ctx, dtype, progress=False):
+    """Each clip's tapped features (L, T, D) on the CPU in dtype, cut to the clip's own frames. lengths: clip -> its
+    length (clips of similar length go through Whisper together, 16 at a time: less padding); load(clip): its 16 kHz
+    audio, or AudioError. Returns (features, unreadable: clip -> reason)."""
+    from tqdm import tqdm
+
+    from audio import AudioError
+    todo = sorted(lengths, key=lambda clip: lengths[clip])
+    features, unreadable = {}, {}
+    with tqdm(total=len(todo), desc='whisper features', unit='clip', disable=not progress, file=sys.stderr) as bar:
+        for i in range(0, len(todo), 16):
+            audios, clips = [], []
+            for clip in todo[i:i + 16]:
+                try:
+                    audios.append(load(clip))
+                    clips.append(clip)
+                except AudioError as e:  # the header was fine but the samples are not
+                    unreadable[clip] = str(e)
+            if audios:
+                with ctx:
+                    tapped, frame_mask = model.speech_features(audios)
+                for j, clip in enumerate(clips):
+                    features[clip] = tapped[j, :, :int(frame_mask[j].sum())].to('cpu', dtype).clone()
+            bar.update(len(todo[i:i + 16]))
+    return features, unreadable
+
+
+def pad_features(feats):
+    """Cached features of a batch, zero-padded to the longest: tapped (B, L, T, D) and the frame mask (B, T)."""
+    import torch
+    T = max(f.shape[1] for f in feats)
+    tapped = torch.zeros(len(feats), feats[0].shape[0], T, feats[0].shape[2], dtype=feats[0].dtype)
+    frame_mask = torch.zeros(len(feats), T, dtype=torch.bool)
+    for i, f in enumerate(feats):
+        tapped[i, :, :f.shape[1]], frame_mask[i, :f.shape[1]] = f, True
+    return tapped, frame_mask
