@@ -93,6 +93,9 @@ def read_samples(source, name) -> np.ndarray:
     return np.clip(resample(x, sr), -1.0, 1.0)
 
 
+NO_SPEECH = "The clip holds no speech."  # sample.py's and serve.py's answer about a clip holds_speech rejects
+
+
 def holds_speech(x: np.ndarray, min_dbfs: float = -60.0, min_range_db: float = 6.0) -> bool:
     """Whether a clip may hold speech, by its energy: its loudest 20-ms frame above min_dbfs, and its loud frames
     (95th percentile) min_range_db above its quiet ones (10th), as speech's syllables and pauses make and silence,

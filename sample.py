@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from audio import AudioError, load_audio
+from audio import NO_SPEECH, AudioError, holds_speech, load_audio
 from common import configure, die
 from model import DEFAULT_INSTRUCTION, DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
@@ -102,22 +102,26 @@ model.eval()
 
 
 def ask(clip_ids, questions):
-    """Answers to questions[i] about clip clip_ids[i], in batches."""
-    answers = []
-    for i in range(0, len(questions), batch_size):
-        ids = clip_ids[i:i + batch_size]
-        answers += model.generate([audios[c] for c in ids], questions[i:i + batch_size],
-                                  transcripts=[transcripts[c] for c in ids], max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p, use_adapter=bool(adapter), draft_tokens=draft_tokens)[0]
-    return answers
+    """Answers to questions[i] about clip clip_ids[i], in batches; a clip of silence or steady noise is said to hold no
+    speech (audio.holds_speech), not given a voice it does not have."""
+    heard = [k for k, c in enumerate(clip_ids) if transcripts[c] is not None]
+    answers = {}
+    for i in range(0, len(heard), batch_size):
+        ids = [clip_ids[k] for k in heard[i:i + batch_size]]
+        replies = model.generate([audios[c] for c in ids], [questions[k] for k in heard[i:i + batch_size]],
+                                 transcripts=[transcripts[c] for c in ids], max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, use_adapter=bool(adapter), draft_tokens=draft_tokens)[0]
+        answers.update(zip(heard[i:i + batch_size], replies))
+    return [answers.get(k, NO_SPEECH) for k in range(len(questions))]
 
 
-transcripts = []  # each clip is transcribed once, however many prompts ask about it
+transcripts = []  # each clip is transcribed once, however many prompts ask about it; None: it holds no speech
 for i in range(0, len(audios), batch_size):
     transcripts += model.transcribe(audios[i:i + batch_size])
+transcripts = [t if holds_speech(a) else None for t, a in zip(transcripts, audios)]
 
 if interactive:
-    print(f"== {paths[0]}\ntranscript: {transcripts[0]}", flush=True)
+    print(f"== {paths[0]}\ntranscript: {transcripts[0] or ''}", flush=True)
     while True:
         if sys.stdin.isatty():
             print("> ", end="", file=sys.stderr, flush=True)
@@ -132,7 +136,7 @@ else:
         clip_ids = list(range(start, min(start + per_batch, len(paths))))
         answers = iter(ask([c for c in clip_ids for _ in prompts], [p for _ in clip_ids for p in prompts]))
         for c in clip_ids:
-            print(f"== {paths[c]}\ntranscript: {transcripts[c]}")
+            print(f"== {paths[c]}\ntranscript: {transcripts[c] or ''}")
             for p in prompts:
                 print(f"Q: {p}\nA: {next(answers)}")
             print(flush=True)

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from audio import MAX_SECONDS, AudioError, decode_audio, holds_speech
+from audio import MAX_SECONDS, NO_SPEECH, AudioError, decode_audio, holds_speech
 from common import configure, die
 from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
 
@@ -50,7 +50,6 @@ configure(globals())
 # -----------------------------------------------------------------------------
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve.html')
 AUDIO_FORMATS = ('wav', 'flac', 'ogg', 'mp3')
-NO_SPEECH = "The clip holds no speech."  # the answer about silence or steady noise (audio.holds_speech)
 
 
 class BadRequest(Exception):

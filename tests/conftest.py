@@ -87,3 +87,10 @@ def chirp(seconds, f0=150.0, sr=16000, seed=0):
     rng = np.random.default_rng(seed)
     x = sum(np.sin(2 * np.pi * f0 * k * t * (1 + 0.1 * t)) / k for k in range(1, 5))
     return (0.1 * x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def speech_like(seconds, f0=150.0, seed=0):
+    """chirp in syllables of 0.2 s with pauses between them: what audio.holds_speech takes for speech (a steady
+    chirp is rejected, as steady noise is)."""
+    x = chirp(seconds, f0, seed=seed)
+    return x * (np.arange(len(x)) // 3200 % 2 == 0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, chirp, make_tiny_llm
+from conftest import ROOT, make_tiny_llm, speech_like
 
 from audio import load_audio
 from model import AdapterConfig, load_model
@@ -35,7 +35,7 @@ def trained(tiny_paths, steerable_llm, tmp_path_factory):
     (d / "clips").mkdir()
     rows = []
     for i in range(2):
-        sf.write(d / "clips" / f"c{i}.wav", chirp(1.0 + i, 140 + 60 * i, seed=i), 16000)
+        sf.write(d / "clips" / f"c{i}.wav", speech_like(1.0 + i, 140 + 60 * i, seed=i), 16000)
         rows.append(dict(audio_filepath=f"clips/c{i}.wav", transcription="hello world", instruction=PROMPTS[0],
                          target=["a female voice", "a male voice"][i]))
     (d / "train_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -78,6 +78,15 @@ def test_interactive_and_cascade(trained, loaded):
     proc = run_sample("--adapter=", f"--audio={clips[1]}", f"--whisper={loaded.config.whisper}", f"--llm={loaded.config.llm}")
     cascade = loaded.generate(audio, [PROMPTS[0]], transcripts=transcript, max_new_tokens=8, use_adapter=False)[0][0]
     assert proc.stdout.endswith(f"A: {cascade}\n\n") and cascade
+
+
+def test_a_clip_of_silence_is_said_to_hold_no_speech(trained, tmp_path):
+    adapter, clips = trained
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    proc = run_sample(f"--adapter={adapter}", f"--audio={tmp_path / 'silence.wav'},{clips[0]}")
+    silent, spoken = proc.stdout.split("== ")[-2:]
+    assert silent == f"{tmp_path / 'silence.wav'}\ntranscript: \nQ: {PROMPTS[0]}\nA: The clip holds no speech.\n\n"
+    assert "no speech" not in spoken
 
 
 def test_clear_errors(trained, tiny_paths, tmp_path):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, chirp
+from conftest import ROOT
+from conftest import speech_like as speech
 
 from model import AdapterConfig, load_model
 
@@ -24,12 +25,6 @@ def wav_base64(x, fmt="WAV", sample_rate=16000):
     buffer = io.BytesIO()
     sf.write(buffer, x, sample_rate, format=fmt)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def speech(seconds, f0=150.0, seed=0):
-    """conftest's chirp in syllables of 0.2 s with pauses between them, as audio.holds_speech expects of speech."""
-    x = chirp(seconds, f0, seed=seed)
-    return x * (np.arange(len(x)) // 3200 % 2 == 0)
 
 
 def ask(clip_base64, question, fmt="wav"):
