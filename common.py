@@ -1,6 +1,7 @@
 """
 What the top-level scripts share: reading the config, failing with one line, writing files whole, reading jsonl,
-talking to an OpenAI-compatible server, and caching the frozen Whisper's features. Plain functions, no state.
+talking to an OpenAI-compatible server, caching the frozen Whisper's features, and loading the model that answers
+(sample.py, serve.py). Plain functions, no state.
 """
 import http.client
 import json
@@ -206,3 +207,41 @@ def pad_features(feats):
     for i, f in enumerate(feats):
         tapped[i, :, :f.shape[1]], frame_mask[i, :f.shape[1]] = f, True
     return tapped, frame_mask
+
+
+# -----------------------------------------------------------------------------
+# the model sample.py and serve.py answer with
+
+def load_answering_model(adapter, whisper, llm, device, dtype, seed):
+    """(model in eval mode, device, dtype name) for a trained adapter file, or '' for none (the cascade); whisper and
+    llm '' mean the base models the adapter was trained with (without one: the offline defaults), device and dtype
+    'auto' are picked for this machine. Anything unusable stops the script with one line (code 2)."""
+    import torch
+    from dataclasses import replace
+
+    from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
+    if adapter:
+        try:
+            config = AdapterConfig(**read_adapter_config(adapter))
+        except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
+            die(f"{adapter}: cannot read it as an adapter ({e})")
+    else:
+        config = AdapterConfig()
+    config = replace(config, whisper=whisper or config.whisper, llm=llm or config.llm)
+    for kind, name in (('whisper', config.whisper), ('llm', config.llm)):
+        if not os.path.exists(name) and name.startswith(('weights', '.', '/', '~')):
+            die(f"{kind} weights not found at {name}: run `python get_weights.py` first (or pass --{kind}=...)")
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if dtype == 'auto':
+        dtype = generation_dtype(device)
+    if dtype not in DTYPES:
+        die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch.manual_seed(seed)
+    try:
+        model = load_model(config, adapter_path=adapter or None, device=device, llm_dtype=getattr(torch, dtype))
+    except ValueError as e:  # an adapter that does not fit the base models says which dimension differs
+        die(str(e))
+    except OSError as e:
+        die(f"cannot load the base models: {e} (for the offline defaults run `python get_weights.py`)")
+    return model.eval(), device, dtype

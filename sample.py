@@ -13,13 +13,10 @@ not fit the base models.
 import glob
 import os
 import sys
-from dataclasses import replace
-
-import torch
 
 from audio import NO_SPEECH, AudioError, holds_speech, load_audio
-from common import configure, die
-from model import DEFAULT_INSTRUCTION, DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
+from common import configure, die, load_answering_model
+from model import DEFAULT_INSTRUCTION
 
 # -----------------------------------------------------------------------------
 audio = ''  # a clip, comma-separated clips, or a glob such as 'clips/*.wav' (quote it)
@@ -72,33 +69,9 @@ if adapter and not os.path.isfile(adapter):
         die(f"{adapter}: no such adapter file (train one with train.py, or pass --adapter='' for none)")
     print(f"note: no adapter at {adapter}: the LLM answers from Whisper's transcript alone", file=sys.stderr)
     adapter = ''
-if adapter:
-    try:
-        config = AdapterConfig(**read_adapter_config(adapter))
-    except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
-        die(f"{adapter}: cannot read it as an adapter ({e})")
-else:
-    config = AdapterConfig()
-config = replace(config, whisper=whisper or config.whisper, llm=llm or config.llm)
-for kind, name in (('whisper', config.whisper), ('llm', config.llm)):
-    if not os.path.exists(name) and name.startswith(('weights', '.', '/', '~')):
-        die(f"{kind} weights not found at {name}: run `python get_weights.py` first (or pass --{kind}=...)")
 
 # --- the model ---
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-if dtype == 'auto':
-    dtype = generation_dtype(device)
-if dtype not in DTYPES:
-    die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
-torch.manual_seed(seed)
-try:
-    model = load_model(config, adapter_path=adapter or None, device=device, llm_dtype=getattr(torch, dtype))
-except ValueError as e:  # an adapter that does not fit the base models says which dimension differs
-    die(str(e))
-except OSError as e:
-    die(f"cannot load the base models: {e} (for the offline defaults run `python get_weights.py`)")
-model.eval()
+model, device, dtype = load_answering_model(adapter, whisper, llm, device, dtype, seed)
 
 
 def ask(clip_ids, questions):
@@ -115,10 +88,12 @@ def ask(clip_ids, questions):
     return [answers.get(k, NO_SPEECH) for k in range(len(questions))]
 
 
-transcripts = []  # each clip is transcribed once, however many prompts ask about it; None: it holds no speech
-for i in range(0, len(audios), batch_size):
-    transcripts += model.transcribe(audios[i:i + batch_size])
-transcripts = [t if holds_speech(a) else None for t, a in zip(transcripts, audios)]
+# each clip is transcribed once, however many prompts ask about it; None: it holds no speech, and is not transcribed
+spoken = [c for c, a in enumerate(audios) if holds_speech(a)]
+transcripts = [None] * len(audios)
+for i in range(0, len(spoken), batch_size):
+    for c, t in zip(spoken[i:i + batch_size], model.transcribe([audios[c] for c in spoken[i:i + batch_size]])):
+        transcripts[c] = t
 
 if interactive:
     print(f"== {paths[0]}\ntranscript: {transcripts[0] or ''}", flush=True)

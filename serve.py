@@ -11,8 +11,9 @@ flac, ogg or mp3), as the official clients send it:
                                                 {"type": "text", "text": "What is the speaker's gender?"}]}]}
 
 The answer is about the conversation's clip and its last user text; the reply also carries Whisper's transcript of
-the clip (`transcripts`). A clip of silence or steady noise (audio.holds_speech) is said to hold no speech. Requests that arrive together are answered in one batch, up to batch_size. "stream": true
-gets server-sent events in OpenAI's chunk format; the answer comes as one chunk when its batch is done.
+the clip (`transcripts`). A clip of silence or steady noise (audio.holds_speech) is said to hold no speech. Requests
+that arrive together are answered in one batch, up to batch_size. "stream": true gets server-sent events in OpenAI's
+chunk format; the answer comes as one chunk when its batch is done.
 Bad requests get a 4xx with a message saying what is wrong, and the server goes on.
 """
 import base64
@@ -24,14 +25,10 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import torch
-
 from audio import MAX_SECONDS, NO_SPEECH, AudioError, decode_audio, holds_speech
-from common import configure, die
-from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
+from common import configure, die, load_answering_model
 
 # -----------------------------------------------------------------------------
 adapter = 'out/adapter.safetensors'  # the trained adapter; '' = none: the LLM sees the transcript only
@@ -44,7 +41,7 @@ port = 8000  # 0 = any free port (the line "serving on ..." names it)
 batch_size = 8  # requests answered together
 batch_wait = 0.02  # seconds to wait for more requests once one has arrived
 max_new_tokens = 256  # the most a request may ask for (max_tokens); also its default
-max_body_mb = 16.0  # larger requests are refused (413) before they are read
+max_body_mb = 16.0  # larger requests are refused (413) unparsed
 seed = 1337
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -241,22 +238,7 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == '__main__':
     if adapter and not os.path.isfile(adapter):
         die(f"{adapter}: no such adapter file (train one with train.py, or pass --adapter='' for none)")
-    try:
-        config = AdapterConfig(**read_adapter_config(adapter)) if adapter else AdapterConfig()
-    except Exception as e:  # safetensors raises its own error type for a file that is not safetensors
-        die(f"{adapter}: cannot read it as an adapter ({e})")
-    config = replace(config, whisper=whisper or config.whisper, llm=llm or config.llm)
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    dtype = generation_dtype(device) if dtype == 'auto' else dtype
-    if dtype not in DTYPES:
-        die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
-    torch.manual_seed(seed)
-    try:
-        model = load_model(config, adapter_path=adapter or None, device=device, llm_dtype=getattr(torch, dtype))
-    except (ValueError, OSError) as e:
-        die(f"cannot load the model: {e}")
-    model.eval()
+    model, device, dtype = load_answering_model(adapter, whisper, llm, device, dtype, seed)
     model_name = f"nanodesta:{os.path.basename(adapter) or 'cascade'}"
     pending, stats = queue.Queue(), dict(batches=0, requests=0)
     threading.Thread(target=model_loop, daemon=True).start()
