@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 
 SAMPLE_RATE = 16000  # Whisper's rate
-MAX_SECONDS = 30.0  # Whisper's window: longer clips are refused, not silently cut
+MAX_SECONDS = 30.0  # Whisper's window: training and eval clips longer than this are refused, not silently cut
 
 
 class AudioError(ValueError):
@@ -62,7 +62,7 @@ def probe_header(source, name, max_seconds: float) -> int:
     if info.frames <= 0:
         raise AudioError(name, "empty", "no samples")
     if info.duration > max_seconds:
-        raise AudioError(name, "too_long", f"{info.duration:.1f} s is longer than {max_seconds:.0f} s (Whisper's window); cut it first")
+        raise AudioError(name, "too_long", f"{info.duration:.1f} s is longer than the limit of {max_seconds:g} s")
     return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
 
 

@@ -39,16 +39,15 @@ import soundfile as sf
 import torch
 
 from audio import SAMPLE_RATE, load_audio
-from common import configure, die, pad_features, whisper_features
-from model import (DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, compile_decoder_layers, generation_dtype, load_model,
-                   sized_config, training_flops)
+from common import configure, die, generation_dtype, pad_features, training_flops, whisper_features
+from model import DEFAULT_INSTRUCTION, AdapterConfig, DeSTA2, compile_decoder_layers, load_model, sized_config
 
 # -----------------------------------------------------------------------------
 whisper = 'weights/whisper-base.pt'
 llm = 'weights/qwen2.5-coder-0.5b-instruct'
 adapter = ''  # a trained adapter (realistic reply lengths); '' = a fresh random one
 device = 'auto'  # 'auto' = cuda, then cpu
-dtype = 'auto'  # 'auto': model.generation_dtype, bf16 where the hardware computes in it, else fp32 (as train.py on CPUs)
+dtype = 'auto'  # 'auto': common.generation_dtype, bf16 where the hardware computes in it, else fp32 (as train.py on CPUs)
 n_clips = 16  # espeak-ng sentences of ~3-6 s (harmonic signals without espeak-ng)
 batch_size = 4  # training rows per step
 n_train_steps = 3  # timed training steps per way, rounded up to whole passes over the batches
@@ -186,7 +185,7 @@ def watch_frames(model, seen):
 
 def text_tokens(i):
     """Clip i's text tokens in its training row: prompt pieces and target."""
-    return len(pieces[i].prefix) + len(pieces[i].suffix) + len(pieces[i].target)
+    return len(pieces[i].prompt) - 1 + len(pieces[i].target)  # the speech slot's one id is not text
 
 
 def train_batches(model, way):
@@ -269,6 +268,25 @@ def train_way(model, way, n_steps):
                 flops=sum(training_flops(model, [pieces[i] for i in idx]) for idx in steps))
 
 
+@torch.no_grad()
+def published_features_and_transcripts(model, clips):
+    """The published way's one encoder pass on 30-s windows for both the features and the transcripts (its
+    whisper.generate(..., output_hidden_states=True)): our blocks, the padding counted, then Whisper's ln_post."""
+    taps, last = model.config.tapped_layers, len(model.whisper.encoder.blocks) - 1
+    layers = sorted(set(taps) | {last})
+    states, frame_mask = model.speech_features(clips, layers, pad_to_30s=True)
+    transcripts = model.decode_transcripts(model.whisper.encoder.ln_post(states[:, -1]))
+    return states[:, [layers.index(t) for t in taps]], frame_mask, transcripts
+
+
+@torch.no_grad()
+def published_answers(model, clips):
+    """The published inference: features and transcripts from one padded pass, the whole prompt in every row."""
+    tapped, frame_mask, transcripts = published_features_and_transcripts(model, clips)
+    pieces = model.tokenize(transcripts, [DEFAULT_INSTRUCTION] * len(clips))
+    return model.answer(model.adapter(tapped, frame_mask), pieces, max_new_tokens, 0.0, 1.0, draft_tokens=0, share_prompt_start=False)
+
+
 def infer_way(model, way):
     """Answer the ~5-s clip alone, then every clip (ours: one batch; published: one at a time). Seconds and generated tokens."""
     model.eval()
@@ -283,10 +301,11 @@ def infer_way(model, way):
     def run(ids, bs):
         t0, n0, whisper_s[0] = clock(), model.n_generated, 0.0
         for k in range(0, len(ids), bs):
-            chunk = ids[k:k + bs]
-            model.generate([audios[i] for i in chunk], [DEFAULT_INSTRUCTION] * len(chunk), max_new_tokens=max_new_tokens,
-                           draft_tokens=draft_tokens if way == 'ours' else 0, share_prompt_start=way == 'ours',
-                           pad_to_30s=way == 'published')
+            clips = [audios[i] for i in ids[k:k + bs]]
+            if way == 'published':
+                published_answers(model, clips)
+            else:
+                model.generate(clips, [DEFAULT_INSTRUCTION] * len(clips), max_new_tokens=max_new_tokens, draft_tokens=draft_tokens)
         return clock() - t0, model.n_generated - n0, whisper_s[0]
 
     hook = watch_frames(model, frames)
@@ -300,6 +319,9 @@ def infer_way(model, way):
     del model.transcribe
     hook.remove()
     out['frames'] = frames
+    if way == 'published':  # one padded pass must transcribe as Whisper does, or its timing is not the published way's
+        transcripts = published_features_and_transcripts(model, audios)[2]
+        out['same_transcripts'] = sum(a == b for a, b in zip(transcripts, model.transcribe(audios)))
     return out
 
 
@@ -424,6 +446,8 @@ if infer:
     p1, pb = infer['published']['single'][0], infer['published']['batch'][0]
     print(f"infer: Whisper's 30-s transcription is {w1:.3g} of ours' {o1:.3g} s for the single clip and {wb:.3g} of "
           f"{ob:.3g} s for the batch; were all else free, ours would be {p1 / w1:.3g}x and {pb / wb:.3g}x")
+    print(f"infer: the published way's one padded pass transcribes {infer['published']['same_transcripts']} of "
+          f"{len(audios)} clips as Whisper's own transcribe does")
 if memory:
     print("peak memory: each (phase, way) in a fresh process; model loaded: " +
           ", ".join(f"{w}_{way} {m['loaded_mib']:.0f} MiB" for (w, way), m in mem.items()))

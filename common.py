@@ -1,7 +1,7 @@
 """
 What the top-level scripts share: reading the config, failing with one line, writing files whole, reading jsonl,
-talking to an OpenAI-compatible server, caching the frozen Whisper's features, and loading the model that answers
-(sample.py, serve.py). Plain functions, no state.
+talking to an OpenAI-compatible server, caching the frozen Whisper's features, the LLM's dtype for this machine, FLOPs
+for MFU, and loading the model that answers (sample.py, serve.py). Plain functions, no state.
 """
 import http.client
 import json
@@ -210,6 +210,42 @@ def pad_features(feats):
 
 
 # -----------------------------------------------------------------------------
+# the LLM's dtype for this machine, and FLOPs of a training step for MFU
+
+DTYPES = ("float32", "bfloat16", "float16")  # the dtype names the scripts take (the generating ones also take "auto")
+
+
+def generation_dtype(device: str) -> str:
+    """The LLM's dtype for generating: bfloat16 on CUDA GPUs that have it and on CPUs with bf16 instructions (AVX512-BF16
+    or AMX), float32 elsewhere: CPUs without them emulate bf16 slowly (EXPERIMENTS.md, "Speed, measured on a CPU")."""
+    import torch
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device != "cpu":
+        return "float32"
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(f.read().split()) else "float32"
+    except OSError:  # not Linux
+        return "float32"
+
+
+def training_flops(model, pieces) -> int:
+    """Model FLOPs of one training step on these rows, for MFU, however the step is run: 4 per frozen LLM weight and
+    token after the shared prompt start (backward to the activations only), the LM head on the targets only, 6 per adapter
+    weight, query and tapped block. Attention's own FLOPs and Whisper are left out: a few % at most."""
+    from model import SPEECH_ID, prompt_start_length
+    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
+    n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
+    n_adapter = sum(p.numel() for p in model.adapter.parameters())
+    n_queries, n_taps = model.config.n_queries, len(model.config.tapped_layers)
+    n_tokens = sum(len(p.prompt) + (n_queries - 1) * p.prompt.count(SPEECH_ID) + len(p.target) for p in pieces)
+    n_target = sum(len(p.target) for p in pieces)
+    return (4 * n_body * (n_tokens - prompt_start_length(pieces) * len(pieces)) + 4 * head.numel() * n_target
+            + 6 * n_adapter * len(pieces) * n_taps * n_queries)
+
+
+# -----------------------------------------------------------------------------
 # the model sample.py and serve.py answer with
 
 def load_answering_model(adapter, whisper, llm, device, dtype, seed):
@@ -219,7 +255,7 @@ def load_answering_model(adapter, whisper, llm, device, dtype, seed):
     import torch
     from dataclasses import replace
 
-    from model import DTYPES, AdapterConfig, generation_dtype, load_model, read_adapter_config
+    from model import AdapterConfig, load_model, read_adapter_config
     if adapter:
         try:
             config = AdapterConfig(**read_adapter_config(adapter))
@@ -245,3 +281,40 @@ def load_answering_model(adapter, whisper, llm, device, dtype, seed):
     except OSError as e:
         die(f"cannot load the base models: {e} (for the offline defaults run `python get_weights.py`)")
     return model.eval(), device, dtype
+
+
+def transcribe_heard(model, clips):
+    """Whisper's transcript of each clip that holds speech (audio.holds_speech), '' for one that does not: Whisper
+    makes up words for silence."""
+    from audio import holds_speech
+    heard = [k for k, clip in enumerate(clips) if holds_speech(clip)]
+    transcripts = [''] * len(clips)
+    for k, text in zip(heard, model.transcribe([clips[k] for k in heard]) if heard else []):
+        transcripts[k] = text
+    return transcripts
+
+
+def answer_conversations(model, conversations, transcripts=None, on_token=None, **decoding):
+    """(answers, transcripts): model.chat's, except that a conversation whose clips all hold no speech gets NO_SPEECH
+    rather than a voice it does not have. transcripts: one per clip in order (None: transcribe_heard's). on_token(i,
+    ids) names conversation i. decoding: the rest of model.chat's arguments."""
+    from audio import NO_SPEECH, holds_speech
+    clips = [[a for turn in c for a in turn.get('audios', ())] for c in conversations]
+    transcripts = transcribe_heard(model, [a for c in clips for a in c]) if transcripts is None else transcripts
+    starts = [sum(map(len, clips[:i])) for i in range(len(clips))]
+    heard = [i for i, c in enumerate(clips) if not c or any(holds_speech(a) for a in c)]
+    answers = [NO_SPEECH] * len(conversations)
+    if heard:
+        texts = [t for i in heard for t in transcripts[starts[i]:starts[i] + len(clips[i])]]
+        each_row = on_token and (lambda row, ids: on_token(heard[row], ids))
+        replies, _ = model.chat([conversations[i] for i in heard], texts, on_token=each_row, **decoding)
+        for i, reply in zip(heard, replies):
+            answers[i] = reply
+    return answers, transcripts
+
+
+def reply_so_far(tokenizer, ids):
+    """The text of a reply still being generated, for streaming: stripped as the final answer is, less a last character
+    still cut in two (a multi-byte character spans several tokens)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return text[:-1] if text.endswith('\ufffd') else text

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer
 
 from audio import MAX_SECONDS, AudioError, load_audio, resample
-from common import chat_completion, configure, die, read_jsonl, write_atomic
+from common import DTYPES, chat_completion, configure, die, generation_dtype, read_jsonl, write_atomic
 
 # -----------------------------------------------------------------------------
 # config: defaults, then config/<name>.py files and --key=value overrides (common.configure)
@@ -54,7 +54,7 @@ long_new_tokens = 96  # transcription, instruction-following and open-ended answ
 batch_size = 16
 seed = 1337  # instruction wording, which instances a limit keeps, matching negatives, the untrained adapter
 device = 'cpu'
-dtype = 'auto'  # the LLM's: 'auto' = bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (model.generation_dtype)
+dtype = 'auto'  # the LLM's: 'auto' = bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (common.generation_dtype)
 dynamic_superb_dir = ''  # real Dynamic-SUPERB instances: <dir>/<Task>/*.jsonl or *.parquet (parquet needs pyarrow)
 judge = ''  # '' = off, 'local' = the loaded LLM, or an OpenAI-compatible API base such as http://localhost:8000/v1
 judge_model = ''  # the model name sent to that API (key from $OPENAI_API_KEY when set)
@@ -472,10 +472,8 @@ def local_judge(get_model, batch_size, max_tokens=32):
     """The loaded LLM as the judge, through its own chat template."""
     def ask(prompts):
         m = get_model()
-        rendered = [m.tokenizer.apply_chat_template([{'role': 'user', 'content': p}], tokenize=False, add_generation_prompt=True)
-                    for p in prompts]
-        return [a for i in range(0, len(rendered), batch_size)
-                for a in m.generate_from_text(rendered[i:i + batch_size], max_new_tokens=max_tokens)]
+        return [a for i in range(0, len(prompts), batch_size)
+                for a in m.chat([[{'role': 'user', 'content': p}] for p in prompts[i:i + batch_size]], max_new_tokens=max_tokens)[0]]
     return ask
 
 
@@ -517,10 +515,9 @@ def n_tokens(inst):
 
 
 def generate_batch(model, system, batch, clips, transcripts, n):
-    from model import render_prompt
-    if system == 'text_seed':
-        return model.generate_from_text([render_prompt(model.tokenizer, i.seed_transcript, i.instruction) for i in batch],
-                                        max_new_tokens=n)
+    from model import chat_messages
+    if system == 'text_seed':  # the LLM told the clip's metadata: the same prompt without speech vectors
+        return model.chat([chat_messages(i.seed_transcript, i.instruction) for i in batch], max_new_tokens=n)[0]
     answers, _ = model.generate([clips[i.audio_key] for i in batch], [i.instruction for i in batch],
                                 transcripts=[transcripts[i.audio_key] for i in batch], max_new_tokens=n,
                                 use_adapter=system != 'cascade')
@@ -649,7 +646,7 @@ def check_inputs(system_names, split_path):
     unknown = [s for s in system_names if s not in ALL_SYSTEMS]
     if unknown:
         die(f"unknown system(s) {unknown}: choose from {','.join(ALL_SYSTEMS)}")
-    from model import DTYPES, AdapterConfig, generation_dtype, read_adapter_config
+    from model import AdapterConfig, read_adapter_config
     if dtype != 'auto' and dtype not in DTYPES:
         die(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
     if not os.path.exists(split_path) and not dynamic_superb_dir:

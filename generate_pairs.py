@@ -30,9 +30,9 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from model import (DEFAULT_INSTRUCTION, DTYPES, cache_for_batch, chat_messages, end_of_turn_id, generation_dtype, llm_decode,
+from model import (DEFAULT_INSTRUCTION, cache_for_batch, chat_messages, end_of_turn_id, llm_decode,
                    mask_and_positions, pad_rows, render_prompt, shared_start, start_cache)
-from common import ServerError, chat_completion, configure, die, http_json, read_jsonl, write_atomic
+from common import DTYPES, ServerError, chat_completion, configure, die, generation_dtype, http_json, read_jsonl, write_atomic
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/synth'  # where prepare.py wrote {split}.jsonl
@@ -56,7 +56,7 @@ seed = 1337
 shard = '0/1'  # i/n: only rows whose manifest line index % n == i
 merge_shards = 0  # n > 0: merge {split}_pairs.shard*of{n}.jsonl into {split}_pairs.jsonl and stop
 device = 'cpu'
-llm_dtype = 'auto'  # auto | float32 | bfloat16 | float16; auto = bf16 on CUDA and on CPUs with bf16 instructions (model.generation_dtype)
+llm_dtype = 'auto'  # auto | float32 | bfloat16 | float16; auto = bf16 on CUDA and on CPUs with bf16 instructions (common.generation_dtype)
 limit = 0  # process only the first `limit` rows of each manifest (of this shard); 0 = all
 config_keys = [k for k, v in globals().items() if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 configure(globals())

@@ -5,8 +5,7 @@ DeSTA2 (Lu et al., "Developing Instruction-Following Speech Language Model Witho
         -> Q-Former adapter (the only trained part) -> n_queries vectors in the LLM's embedding space
         -> chat prompt <audio>[speech vectors] Whisper's transcript</audio> instruction -> frozen instruction-tuned LLM
 Speed tricks stay off that path, switched by arguments: share_prompt_start (the prompt start all rows share runs once,
-into a KV cache), draft_tokens (prompt-lookup drafts for one greedy answer); also compile_decoder_layers for training on
-a GPU. EXPERIMENTS.md, "Speed, measured on a CPU" and "... on a GPU", says what each saves.
+into a KV cache), draft_tokens (prompt-lookup drafts for one greedy answer); compile_decoder_layers for GPU training.
 """
 import copy
 import json
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 import whisper
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from whisper.audio import HOP_LENGTH
+from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 
 @dataclass
 class AdapterConfig:
@@ -53,6 +52,28 @@ def audio_to_mel(audios, n_mels: int, pad_to_30s: bool = False):
     mel = nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
     frame_mask = torch.arange(mel.shape[2] // 2)[None, :] < (n_mel_frames[:, None] // 2)
     return mel, frame_mask
+
+def whisper_windows(audios, window=N_SAMPLES, search=5 * SAMPLE_RATE):
+    """(windows, index of the clip each came from): clips over 30 s (Whisper's window) cut into windows of at most 30 s,
+    each cut at the quietest 20 ms of its last 5 s, so that a cut seldom falls inside a word."""
+    cuts = []  # (clip index, window)
+    for i, audio in enumerate(audios):
+        audio = np.asarray(audio, dtype=np.float32)
+        while len(audio) > window:
+            tail = audio[window - search : window].reshape(-1, SAMPLE_RATE // 50)
+            cut = window - search + SAMPLE_RATE // 50 * int((tail ** 2).sum(axis=1).argmin())
+            cuts.append((i, audio[:cut]))
+            audio = audio[cut:]
+        cuts.append((i, audio))
+    return [w for _, w in cuts], [i for i, _ in cuts]
+
+def join_windows(tapped, frame_mask, owners):
+    """Each clip's windows' real frames joined in order: (W, L, T, D) and (W, T) -> (B, L, T', D) and (B, T')."""
+    clips = [torch.cat([tapped[w][:, frame_mask[w]] for w in range(len(owners)) if owners[w] == i], dim=1).transpose(0, 1)
+             for i in range(owners[-1] + 1)]  # (T', L, D) each
+    lengths = torch.tensor([len(c) for c in clips], device=frame_mask.device)
+    return (nn.utils.rnn.pad_sequence(clips, batch_first=True).transpose(1, 2),
+            torch.arange(int(lengths.max()), device=frame_mask.device)[None, :] < lengths[:, None])
 
 def default_tapped_layers(n_layer: int) -> tuple:
     # DeSTA2 taps 4 evenly spaced blocks ending with the last (small: 2,5,8,11; tiny: 0,1,2,3; medium: 5,11,17,23), and
@@ -90,10 +111,7 @@ class QFormerAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int, dropout: float):
         super().__init__()
         self.n_head, self.dropout = n_head, dropout
-        self.query = nn.Linear(n_state, n_state)
-        self.key = nn.Linear(n_state, n_state)
-        self.value = nn.Linear(n_state, n_state)
-        self.out = nn.Linear(n_state, n_state)
+        self.query, self.key, self.value, self.out = (nn.Linear(n_state, n_state) for _ in range(4))
         self.ln = nn.LayerNorm(n_state, eps=1e-12)
 
     def forward(self, x, context=None, mask=None):
@@ -101,8 +119,7 @@ class QFormerAttention(nn.Module):
         context = x if context is None else context
         B, Q, D = x.shape
         q = self.query(x).view(B, Q, self.n_head, -1).transpose(1, 2)
-        k = self.key(context).view(B, context.shape[1], self.n_head, -1).transpose(1, 2)
-        v = self.value(context).view(B, context.shape[1], self.n_head, -1).transpose(1, 2)
+        k, v = (proj(context).view(B, context.shape[1], self.n_head, -1).transpose(1, 2) for proj in (self.key, self.value))
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         a = a.transpose(1, 2).reshape(B, Q, D)
@@ -119,15 +136,13 @@ class QFormerLayer(nn.Module):
         self.dropout = dropout
 
     def forward(self, x, frames, mask):
-        x = self.self_attn(x)
-        x = self.cross_attn(x, frames, mask)
+        x = self.cross_attn(self.self_attn(x), frames, mask)
         return self.mlp_ln(x + F.dropout(self.mlp(x), self.dropout, self.training))
 
 class SpeechAdapter(nn.Module):
     """Tapped Whisper hidden states -> n_queries vectors in the LLM's embedding space."""
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, c: AdapterConfig):
         super().__init__()
-        c = config
         n_tapped = len(c.tapped_layers)
         self.queries = nn.Parameter(torch.randn(n_tapped, c.n_queries, c.n_audio_state))  # 64 per tapped block
         # which tapped block each query listens to: zeros = an even mix at the start of training
@@ -163,14 +178,19 @@ class SpeechAdapter(nn.Module):
 
 # ---- the chat layout: ONE place that decides where audio and text go, for pairs, training, sampling, eval ----
 AUDIO_START, AUDIO_END = "<audio>", "</audio>"
-SPEECH_SLOT = "<|speech|>"  # stands for the speech vectors while the prompt is a string
+SPEECH_SLOT = "<|speech|>"  # stands for a clip's speech vectors while the prompt is a string
+SPEECH_ID = -1  # and in token ids, one per clip (assemble widens it to the speech vectors)
 DEFAULT_INSTRUCTION = "What can you hear from the audio?"
 
+def user_message(text: str, audio_texts=()) -> dict:
+    """A user turn: each clip's audio_text between markers, then the text. audio_text stands in the clip's place:
+    SPEECH_SLOT + transcript for the speech model, the seed transcript for pair generation and the text-only baselines.
+    Inside the user turn (as DeSTA2.5 does) because chat templates such as Qwen's do not render an "audio" role."""
+    return {"role": "user", "content": "".join(f"{AUDIO_START}{a}{AUDIO_END}\n" for a in audio_texts) + text}
+
 def chat_messages(audio_text: str, instruction: str) -> list:
-    """The conversation for one example. audio_text stands in the audio's place: SPEECH_SLOT + transcript for the
-    speech model, the seed transcript for pair generation and the text-only baselines. It goes inside the user turn
-    between markers (as DeSTA2.5 does) because chat templates such as Qwen's do not render an "audio" role."""
-    return [{"role": "user", "content": f"{AUDIO_START}{audio_text}{AUDIO_END}\n{instruction}"}]
+    """The conversation for one training example: one user turn about one clip."""
+    return [user_message(instruction, [audio_text])]
 
 def render_prompt(tokenizer, audio_text: str, instruction: str) -> str:
     """The chat prompt up to where the assistant's reply begins, as a string (the LLM's own chat template)."""
@@ -185,25 +205,35 @@ def end_of_turn_id(tokenizer) -> int:
 
 @dataclass
 class TextPieces:
-    """One example's token ids around the speech vectors: prefix [speech] suffix target."""
-    prefix: list  # chat header and the audio-start marker
-    suffix: list  # transcript, audio-end marker, instruction, assistant header
+    """One example's token ids: the prompt, with SPEECH_ID where each clip's speech vectors go, and the target."""
+    prompt: list  # chat header, earlier turns, [audio-start SPEECH_ID transcript audio-end]..., instruction, assistant header
     target: list = field(default_factory=list)  # reply + end-of-turn (training only)
 
-def tokenize_example(tokenizer, transcript, instruction, target=None, max_text_tokens=200, eot_id=None):
-    """Token ids for one example. The transcript and the target are each cut to max_text_tokens (DeSTA2 cuts its text
-    to 200 tokens as a whole); a cut target gets no end-of-turn, so the model is not taught to stop mid-sentence."""
-    transcript_ids = tokenizer(transcript, add_special_tokens=False).input_ids
-    if len(transcript_ids) > max_text_tokens:
-        transcript = tokenizer.decode(transcript_ids[:max_text_tokens])
-    prefix, suffix = render_prompt(tokenizer, SPEECH_SLOT + transcript, instruction).split(SPEECH_SLOT)
-    # the template already holds any begin-of-text token, so nothing more is added here
-    pieces = TextPieces(tokenizer(prefix, add_special_tokens=False).input_ids, tokenizer(suffix, add_special_tokens=False).input_ids)
+def cut_text(tokenizer, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return tokenizer.decode(ids[:max_tokens]) if len(ids) > max_tokens else text
+
+def tokenize_conversation(tokenizer, messages, target=None, max_text_tokens=200, eot_id=None) -> TextPieces:
+    """Token ids for chat messages whose clips are SPEECH_SLOT + transcript (transcripts cut to max_text_tokens, as
+    DeSTA2 cuts its text to 200 tokens), and a target cut alike; a cut target gets no end-of-turn, so the model is not
+    taught to stop mid-sentence."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = []  # the template already holds any begin-of-text token, so nothing more is added here
+    for i, piece in enumerate(text.split(SPEECH_SLOT)):
+        prompt += ([SPEECH_ID] if i else []) + tokenizer(piece, add_special_tokens=False).input_ids
+    pieces = TextPieces(prompt)
     if target is not None:
         eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
         target_ids = tokenizer(target, add_special_tokens=False).input_ids
         pieces.target = target_ids[:max_text_tokens] + ([eot_id] if len(target_ids) <= max_text_tokens else [])
     return pieces
+
+def conversation_messages(tokenizer, turns, transcripts, max_text_tokens=200) -> list:
+    """Chat messages for a conversation: turns are {"role", "content"}, a user turn's clips ("audios") taking the next
+    transcripts in order, each as SPEECH_SLOT + transcript; earlier answers stay as they were given."""
+    texts = iter(transcripts)
+    return [user_message(t["content"], [SPEECH_SLOT + cut_text(tokenizer, next(texts), max_text_tokens) for _ in t.get("audios", ())])
+            if t["role"] == "user" else {"role": t["role"], "content": t["content"]} for t in turns]
 
 # ---- token ids and speech vectors -> inputs_embeds -> the frozen LLM -> loss on the reply ----
 def pad_rows(rows, value, pad_left):
@@ -219,17 +249,15 @@ def mask_and_positions(rows, pad_left, n_start=0):
     return attention_mask, n_start + (real.cumsum(-1) - 1).clamp(min=0)
 
 def llm_head(llm, hidden):
-    """Logits for (N, hidden): the LM head (136 M of Qwen2.5-0.5B's 494 M weights) runs only on the positions used, always
-    on a 2-D matrix (on a strided (B, 1, hidden) view PyTorch on CPU copied the bf16 head per row). Fine for Llama and
-    Qwen2, whose causal-LM forward adds nothing after the head."""
+    """Logits for (N, hidden): the LM head (136 M of Qwen2.5-0.5B's 494 M weights) only where used, on a 2-D matrix (given
+    a strided (B, 1, hidden) view PyTorch on CPU copied the bf16 head per row). Llama's and Qwen2's add nothing after it."""
     return llm.get_output_embeddings()(hidden)
 
 class DeSTA2(nn.Module):
-    """Frozen Whisper -> SpeechAdapter -> frozen LLM: forward is the training loss, generate answers about clips."""
+    """Frozen Whisper -> SpeechAdapter -> frozen LLM: forward is the training loss, chat and generate answer about clips."""
     def __init__(self, whisper_model, llm, tokenizer, config: AdapterConfig):
         super().__init__()
-        self.config = config
-        self.whisper, self.llm, self.tokenizer = whisper_model, llm, tokenizer
+        self.config, self.whisper, self.llm, self.tokenizer = config, whisper_model, llm, tokenizer
         self.adapter = SpeechAdapter(config)
         self.n_generated = 0  # tokens generated so far, end-of-turn tokens included (for throughput figures)
         self._prompt_start = None  # (key, batch-1 KV cache) of the last shared prompt start (shared_prompt_start)
@@ -248,18 +276,22 @@ class DeSTA2(nn.Module):
     @torch.no_grad()
     def speech_features(self, audios, layers=None, pad_to_30s=False):
         """Tapped Whisper block outputs (B, L, T, D) and the frame mask (B, T) for 16 kHz arrays (frozen: computed once per
-        clip and cached in training); layers overrides which blocks. pad_to_30s: the published way, padding counts."""
+        clip and cached in training); layers overrides which blocks. pad_to_30s: the published way, padding counts.
+        A clip over 30 s is encoded in windows (whisper_windows) whose frames are joined in order for the adapter."""
         device = self.whisper.device
-        mel, frame_mask = audio_to_mel(audios, self.whisper.dims.n_mels, pad_to_30s)
+        windows, owners = whisper_windows(audios)
+        mel, frame_mask = audio_to_mel(windows, self.whisper.dims.n_mels, pad_to_30s)
         frame_mask = frame_mask.to(device)
         tapped = encode_tapped_layers(self.whisper.encoder, mel.to(device), frame_mask, layers or self.config.tapped_layers)
-        return tapped, frame_mask
+        return join_windows(tapped, frame_mask, owners) if len(windows) > len(audios) else (tapped, frame_mask)
 
     @torch.no_grad()
     def transcribe(self, audios):
-        """Whisper's own transcript of each clip: greedy, English, no timestamps, one 30-s window per clip."""
-        mel, _ = audio_to_mel(audios, self.whisper.dims.n_mels, pad_to_30s=True)
-        return self.decode_transcripts(mel.to(self.whisper.device))
+        """Whisper's own transcript of each clip: greedy, English, no timestamps, a 30-s window at a time."""
+        windows, owners = whisper_windows(audios)
+        mel, _ = audio_to_mel(windows, self.whisper.dims.n_mels, pad_to_30s=True)
+        texts = self.decode_transcripts(mel.to(self.whisper.device))
+        return [" ".join(t for t, o in zip(texts, owners) if o == i and t) for i in range(len(audios))]
 
     def decode_transcripts(self, mel_or_encoded):
         """Whisper's greedy decoding of 30-s mels (B, n_mels, 3000), or of its encoder's output (B, 1500, D)."""
@@ -267,39 +299,29 @@ class DeSTA2(nn.Module):
         options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=self.whisper.device.type == "cuda")
         return [r.text.strip() for r in whisper.decode(self.whisper, mel_or_encoded, options)]
 
-    @torch.no_grad()
-    def padded_features_and_transcripts(self, audios):
-        """speech_features(audios, pad_to_30s=True) and the transcripts from that one encoder pass, as the published code
-        gets both from whisper.generate(..., output_hidden_states=True). Whisper only transcribes well from 30-s windows."""
-        taps, last = self.config.tapped_layers, len(self.whisper.encoder.blocks) - 1
-        layers = sorted(set(taps) | {last})
-        states, frame_mask = self.speech_features(audios, layers, pad_to_30s=True)
-        transcripts = self.decode_transcripts(self.whisper.encoder.ln_post(states[:, -1]))
-        return states[:, [layers.index(t) for t in taps]], frame_mask, transcripts
-
     def tokenize(self, transcripts, instructions, targets=None, max_text_tokens=200):
+        """Token ids for one instruction about each clip: the training layout, a one-turn conversation."""
         targets = [None] * len(transcripts) if targets is None else targets
-        return [tokenize_example(self.tokenizer, t, i, g, max_text_tokens, self.eot_id)
-                for t, i, g in zip(transcripts, instructions, targets)]
+        return [tokenize_conversation(self.tokenizer, chat_messages(SPEECH_SLOT + cut_text(self.tokenizer, t, max_text_tokens), i),
+                                      g, max_text_tokens, self.eot_id) for t, i, g in zip(transcripts, instructions, targets)]
 
     def assemble(self, speech_vectors, pieces, pad_left=False, n_start=0):
-        """Lay out a batch: prefix, speech vectors (None for text only), suffix, target -> inputs_embeds, attention_mask,
-        position_ids, labels (-100 but on the targets), speech_mask, token_ids (the rows, for prompt-lookup drafts).
-        Padding goes right for training, left for generation (the next token's column is then the last); positions count
-        real tokens only, so rows do not depend on each other. n_start: leave out every row's first n_start tokens, for
-        they are in a KV cache (shared_prompt_start)."""
+        """Each row's prompt with its clips' speech vectors (n_clips, Q, D in row order; None: text only) in their slots,
+        and its target -> inputs_embeds, attention_mask, position_ids, labels (-100 but on the targets), speech_mask,
+        token_ids (for prompt-lookup drafts). Padded right for training, left for generation (the next token's column is
+        then the last); n_start: every row's first n_start tokens are left out, being in a KV cache (shared_prompt_start)."""
         n_speech = 0 if speech_vectors is None else speech_vectors.shape[1]
         rows, labels, speech_rows = [], [], []
         for p in pieces:
-            prefix = p.prefix[n_start:]
-            rows.append(prefix + [self.pad_id] * n_speech + p.suffix + p.target)
-            labels.append([-100] * (len(prefix) + n_speech + len(p.suffix)) + p.target)
-            speech_rows.append([False] * len(prefix) + [True] * n_speech + [False] * (len(p.suffix) + len(p.target)))
+            prompt = [i for t in p.prompt[n_start:] for i in ([t] if t != SPEECH_ID else [SPEECH_ID] * n_speech)]
+            rows.append([self.pad_id if t == SPEECH_ID else t for t in prompt] + p.target)
+            labels.append([-100] * len(prompt) + p.target)
+            speech_rows.append([t == SPEECH_ID for t in prompt] + [False] * len(p.target))
         device = self.llm.device
         attention_mask, position_ids = (t.to(device) for t in mask_and_positions(rows, pad_left, n_start))
         speech_mask = pad_rows(speech_rows, False, pad_left).to(device)
         embeds = self.llm.get_input_embeddings()(pad_rows(rows, self.pad_id, pad_left).to(device))
-        if n_speech:  # the speech vectors take the slot's places, in order; masked_scatter keeps their gradient
+        if n_speech:  # the speech vectors take the slots' places, in order; masked_scatter keeps their gradient
             embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
         return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                     labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, token_ids=rows)
@@ -324,39 +346,42 @@ class DeSTA2(nn.Module):
         if n == 0:
             return 0, None
         # the cached keys must come out of the same arithmetic as the rest of the step (weights, device, autocast)
-        key = (tuple(pieces[0].prefix[:n]), self.llm.dtype, self.llm.device,
+        key = (tuple(pieces[0].prompt[:n]), self.llm.dtype, self.llm.device,
                torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
         if self._prompt_start is None or self._prompt_start[0] != key:
-            self._prompt_start = (key, start_cache(self.llm, pieces[0].prefix[:n]))
+            self._prompt_start = (key, start_cache(self.llm, pieces[0].prompt[:n]))
         return n, cache_for_batch(self._prompt_start[1], len(pieces))
 
     @torch.no_grad()
     def generate(self, audios, instructions, transcripts=None, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 use_adapter=True, draft_tokens=10, share_prompt_start=True, pad_to_30s=False):
-        """(answers, transcripts) for an instruction about each clip; transcripts=None transcribes with Whisper, use_adapter=False
-        leaves out the speech vectors (the cascade). draft_tokens (0 = off): see llm_decode; share_prompt_start: see
-        forward; pad_to_30s: the published way, features and transcripts from one padded encoder pass."""
-        if transcripts is None and use_adapter and pad_to_30s:
-            tapped, frame_mask, transcripts = self.padded_features_and_transcripts(audios)
-        else:
-            transcripts = self.transcribe(audios) if transcripts is None else transcripts
-            tapped, frame_mask = self.speech_features(audios, pad_to_30s=pad_to_30s) if use_adapter else (None, None)
-        speech_vectors = self.adapter(tapped, frame_mask) if use_adapter else None
-        pieces = self.tokenize(transcripts, instructions)
-        return self.answer(speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens, share_prompt_start), transcripts
+                 use_adapter=True, draft_tokens=10, share_prompt_start=True, on_token=None):
+        """(answers, transcripts) for an instruction about each clip: chat with one-turn conversations."""
+        return self.chat([[{"role": "user", "content": i, "audios": [a]}] for a, i in zip(audios, instructions)], transcripts,
+                         max_new_tokens, temperature, top_p, use_adapter, draft_tokens, share_prompt_start, on_token)
 
     @torch.no_grad()
-    def generate_from_text(self, prompts, max_new_tokens=128, temperature=0.0, top_p=1.0):
-        """Answers to rendered chat prompts (render_prompt) from the LLM alone: the text-only baselines."""
-        ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        return self.answer(None, [TextPieces(i, []) for i in ids], max_new_tokens, temperature, top_p)
+    def chat(self, conversations, transcripts=None, max_new_tokens=128, temperature=0.0, top_p=1.0, use_adapter=True,
+             draft_tokens=10, share_prompt_start=True, on_token=None):
+        """(answers, transcripts): the next reply in each conversation, a list of {"role", "content"} turns where a user
+        turn may hold clips ("audios": 16 kHz arrays) and earlier replies stay in the context; with none, the LLM alone
+        answers (the text-only baselines). transcripts: one per clip, in order (None: Whisper's); use_adapter=False leaves
+        out the speech vectors (the cascade). draft_tokens (0 = off), on_token: see llm_decode; share_prompt_start: forward."""
+        audios = [a for turns in conversations for t in turns for a in t.get("audios", ())]
+        transcripts = (self.transcribe(audios) if audios else []) if transcripts is None else transcripts
+        speech_vectors = self.adapter(*self.speech_features(audios)) if use_adapter and audios else None
+        texts = iter(transcripts)
+        pieces = [tokenize_conversation(self.tokenizer, conversation_messages(self.tokenizer, turns, texts), eot_id=self.eot_id)
+                  for turns in conversations]
+        return self.answer(speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens, share_prompt_start,
+                           on_token), transcripts
 
-    def answer(self, speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens=10, share_prompt_start=True):
+    def answer(self, speech_vectors, pieces, max_new_tokens, temperature, top_p, draft_tokens=10, share_prompt_start=True,
+               on_token=None):
         """Decode the replies to a batch of prompts (llm_decode), counting the tokens in n_generated."""
         n_start, cache = self.shared_prompt_start(pieces) if share_prompt_start else (0, None)
         batch = self.assemble(speech_vectors, pieces, pad_left=True, n_start=n_start)
         answers, n_tokens = llm_decode(self.llm, self.tokenizer, {**batch, "cache": cache}, max_new_tokens, temperature,
-                                       top_p, self.eot_id, draft_tokens)
+                                       top_p, self.eot_id, draft_tokens, on_token)
         self.n_generated += sum(n_tokens)
         return answers
 
@@ -373,14 +398,15 @@ class DeSTA2(nn.Module):
                                  f"but this model has {key}={mine[key]} ({self.config.whisper} + {self.config.llm})")
         self.adapter.load_weights(load_file(path, device=str(next(self.adapter.parameters()).device)))
 
-# ---- off the main path: the shared prompt start's KV cache, compiled decoder layers, FLOPs for MFU ----
+# ---- off the main path: the shared prompt start's KV cache, compiled decoder layers ----
 def shared_start(rows) -> int:
     """How many leading tokens all rows share, leaving each row at least one token of its own."""
     return min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
 
 def prompt_start_length(pieces) -> int:
     """How many prompt tokens every row shares from the start (the speech slot is never part of them)."""
-    return min(shared_start([p.prefix + p.suffix + p.target for p in pieces]), min(len(p.prefix) for p in pieces))
+    before_speech = [p.prompt.index(SPEECH_ID) if SPEECH_ID in p.prompt else len(p.prompt) for p in pieces]
+    return min(shared_start([p.prompt + p.target for p in pieces]), min(before_speech))
 
 @torch.no_grad()
 def start_cache(llm, ids):
@@ -399,19 +425,6 @@ def compile_decoder_layers(model):
     with share_prompt_start=False then: each layer reads the cache at its own index, which would tie a graph to it."""
     for layer in model.llm.get_decoder().layers:
         layer.compile(dynamic=True)
-
-def training_flops(model, pieces) -> int:
-    """Model FLOPs of one training step on these rows, for MFU, however the step is run: 4 per frozen LLM weight and
-    token after the shared prompt start (backward to the activations only), the LM head on the targets only, 6 per adapter
-    weight, query and tapped block. Attention's own FLOPs and Whisper are left out: a few % at most."""
-    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
-    n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
-    n_adapter = sum(p.numel() for p in model.adapter.parameters())
-    n_queries, n_taps = model.config.n_queries, len(model.config.tapped_layers)
-    n_tokens = sum(len(p.prefix) + n_queries + len(p.suffix) + len(p.target) for p in pieces)
-    n_target = sum(len(p.target) for p in pieces)
-    return (4 * n_body * (n_tokens - prompt_start_length(pieces) * len(pieces)) + 4 * head.numel() * n_target
-            + 6 * n_adapter * len(pieces) * n_taps * n_queries)
 
 # ---- generation: KV-cached decoding of a batch, prompt-lookup drafts for one greedy answer ----
 def pick_token(logits, temperature, top_p):
@@ -454,12 +467,12 @@ def accept_drafts(draft, picked, cache, attention_mask, position):
     return n_kept, attention_mask, position
 
 @torch.no_grad()
-def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, draft_tokens=0):
+def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, draft_tokens=0, on_token=None):
     """(answers, tokens generated per row, end-of-turn included) for a left-padded batch as DeSTA2.answer makes it, "cache"
     the shared prompt start's. Needs only the LLM and its tokenizer (pair generation runs without Whisper). A row leaves
-    the batch when it closes its turn. draft_tokens > 0, one row, greedy: each step also checks up to draft_tokens guesses
-    (lookup_draft), cheap at batch 1, where a step is bound by reading the weights; the answer is the greedy one up to
-    rounding (a wider matrix product can flip a near-tie in bf16, as batching can)."""
+    the batch when it closes its turn; on_token(row, its ids so far) is called as it grows. draft_tokens > 0, one row,
+    greedy: each step also checks up to draft_tokens guesses (lookup_draft), cheap at batch 1, where a step is bound by
+    reading the weights; the answer is the greedy one up to rounding (a wider matrix product can flip a near-tie in bf16)."""
     eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
     stops = {eot_id, tokenizer.eos_token_id} - {None}
     decoder, attention_mask = llm.get_decoder(), batch["attention_mask"]
@@ -478,6 +491,8 @@ def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0
             n_kept, attention_mask, position = accept_drafts(draft, picked[0], out.cache, attention_mask, position)
         finished = torch.tensor([append_tokens(tokens[r], picked[i, :n_kept + 1].tolist(), stops, max_new_tokens)
                                  for i, r in enumerate(rows.tolist())], device=rows.device)
+        for r in rows.tolist() if on_token else ():
+            on_token(r, tokens[r])
         if finished.all():
             break
         next_token = picked[:, n_kept]
@@ -497,21 +512,6 @@ def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0
     return answers, [len(row) for row in tokens]
 
 # ---- loading ----
-DTYPES = ("float32", "bfloat16", "float16")  # the dtype names the scripts take (the generating ones also take "auto")
-
-def generation_dtype(device: str) -> str:
-    """The LLM's dtype for generating: bfloat16 on CUDA GPUs that have it and on CPUs with bf16 instructions (AVX512-BF16
-    or AMX), float32 elsewhere: CPUs without them emulate bf16 slowly (EXPERIMENTS.md, "Speed, measured on a CPU")."""
-    if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if device != "cpu":
-        return "float32"
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(f.read().split()) else "float32"
-    except OSError:  # not Linux
-        return "float32"
-
 def load_model(config: AdapterConfig = None, adapter_path=None, device="cpu", llm_dtype=torch.bfloat16) -> DeSTA2:
     """DeSTA2 from the base models named in config (hub names or local paths), or else in the adapter's file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -33,8 +33,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from common import configure, die, pad_features, read_jsonl, whisper_features, write_atomic
-from model import DTYPES, AdapterConfig, compile_decoder_layers, generation_dtype, load_model, training_flops
+from common import DTYPES, configure, die, generation_dtype, pad_features, read_jsonl, training_flops, whisper_features, write_atomic
+from model import AdapterConfig, compile_decoder_layers, load_model
 
 t_launch = time.time()
 
@@ -241,7 +241,7 @@ for split, s in splits.items():
     s['pieces'] = raw_model.tokenize([r['transcript'] for r in good], [r['instruction'] for r in good],
                                      [r['target'] for r in good], max_text_tokens)
     # sort key for bucketing: (encoder frames, text tokens)
-    s['lengths'] = [(math.ceil(clips[r['audio']] / 320), len(p.prefix) + len(p.suffix) + len(p.target))
+    s['lengths'] = [(math.ceil(clips[r['audio']] / 320), len(p.prompt) + len(p.target))
                     for r, p in zip(good, s['pieces'])]
 if not splits['train']['rows']:
     die(f"no usable rows in {pairs_files['train']}")
@@ -442,7 +442,7 @@ def next_step_batches():
     return out
 
 
-# MFU on CUDA: model FLOPs per step (model.training_flops, bench.py's count: 4 per frozen LLM weight and token, the
+# MFU on CUDA: model FLOPs per step (common.training_flops, bench.py's count: 4 per frozen LLM weight and token, the
 # LM head on the target tokens only, 6 per adapter weight) over the GPU's peak
 peak_flops = None
 if device_type == 'cuda':

@@ -2,6 +2,7 @@
 report on tiny random models (see conftest.py)."""
 import base64
 import http.server
+import inspect
 import json
 import os
 import subprocess
@@ -273,23 +274,19 @@ def count_generation(monkeypatch):
     """Counts the prompts answered and the clips transcribed, and records the adapter each speech batch ran with."""
     import model
     counts = {"prompts": 0, "transcribed": 0, "adapters": set()}
-    generate, from_text, transcribe = model.DeSTA2.generate, model.DeSTA2.generate_from_text, model.DeSTA2.transcribe
+    chat, transcribe = model.DeSTA2.chat, model.DeSTA2.transcribe
 
-    def counted_generate(self, audios, instructions, *a, **k):
-        counts["prompts"] += len(instructions)
-        if k.get("use_adapter", True):
+    def counted_chat(self, conversations, *a, **k):  # generate, and the text-only systems, answer through chat
+        counts["prompts"] += len(conversations)
+        args = inspect.signature(chat).bind(self, conversations, *a, **k).arguments
+        if args.get("use_adapter", True) and any("audios" in t for c in conversations for t in c):
             counts["adapters"].add(self.adapter.queries.sum().item())
-        return generate(self, audios, instructions, *a, **k)
-
-    def counted_from_text(self, prompts, *a, **k):
-        counts["prompts"] += len(prompts)
-        return from_text(self, prompts, *a, **k)
+        return chat(self, conversations, *a, **k)
 
     def counted_transcribe(self, audios):
         counts["transcribed"] += len(audios)
         return transcribe(self, audios)
-    monkeypatch.setattr(model.DeSTA2, "generate", counted_generate)
-    monkeypatch.setattr(model.DeSTA2, "generate_from_text", counted_from_text)
+    monkeypatch.setattr(model.DeSTA2, "chat", counted_chat)
     monkeypatch.setattr(model.DeSTA2, "transcribe", counted_transcribe)
     return counts
 

@@ -8,8 +8,9 @@ from safetensors.torch import load_file, save_file
 from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
 import model
-from model import (DEFAULT_INSTRUCTION, SPEECH_SLOT, AdapterConfig, SpeechAdapter, compile_decoder_layers,
-                   default_tapped_layers, load_model, lookup_draft, pick_token, read_adapter_config, render_prompt)
+from model import (DEFAULT_INSTRUCTION, SPEECH_ID, SPEECH_SLOT, AdapterConfig, SpeechAdapter, chat_messages,
+                   compile_decoder_layers, default_tapped_layers, load_model, lookup_draft, pick_token, read_adapter_config,
+                   render_prompt)
 
 
 def n_params(module):
@@ -47,15 +48,16 @@ def test_speech_vectors_land_in_the_audio_slot(tiny_model):
         batch = m.assemble(speech, pieces, pad_left=pad_left)
         S = batch["inputs_embeds"].shape[1]
         for i, p in enumerate(pieces):
-            n_pad = S - (len(p.prefix) + 64 + len(p.suffix) + len(p.target))
-            start = (n_pad if pad_left else 0) + len(p.prefix)
+            slot = p.prompt.index(SPEECH_ID)
+            n_pad = S - (len(p.prompt) - 1 + 64 + len(p.target))
+            start = (n_pad if pad_left else 0) + slot
             where = batch["speech_mask"][i].nonzero().flatten().tolist()
             assert where == list(range(start, start + 64))
             assert torch.equal(batch["inputs_embeds"][i, start:start + 64], speech[i])
-            assert batch["position_ids"][i, start].item() == len(p.prefix)
+            assert batch["position_ids"][i, start].item() == slot
             # the text around the slot is the rendered prompt, cut exactly at the slot
             rendered = render_prompt(m.tokenizer, SPEECH_SLOT + ["hello world", "the quick brown fox jumps"][i], DEFAULT_INSTRUCTION)
-            assert m.tokenizer.decode(p.prefix) + SPEECH_SLOT + m.tokenizer.decode(p.suffix) == rendered
+            assert m.tokenizer.decode(p.prompt[:slot]) + SPEECH_SLOT + m.tokenizer.decode(p.prompt[slot + 1:]) == rendered
 
 
 def test_labels_cover_only_the_target_and_end_of_turn(tiny_model):
@@ -64,12 +66,12 @@ def test_labels_cover_only_the_target_and_end_of_turn(tiny_model):
     batch = m.assemble(torch.zeros(2, 64, m.config.n_llm_state), pieces)
     for i, p in enumerate(pieces):
         labelled = (batch["labels"][i] != -100).nonzero().flatten().tolist()
-        start = len(p.prefix) + 64 + len(p.suffix)
+        start = len(p.prompt) - 1 + 64
         assert labelled == list(range(start, start + len(p.target)))
         assert batch["labels"][i, labelled].tolist() == p.target
         assert p.target[-1] == m.eot_id == m.tokenizer.convert_tokens_to_ids("<|im_end|>")
         assert m.tokenizer.decode(p.target[:-1]) == ["a female speaker", "a male"][i]
-    assert batch["attention_mask"][1].sum() == len(pieces[1].prefix) + 64 + len(pieces[1].suffix) + len(pieces[1].target)
+    assert batch["attention_mask"][1].sum() == len(pieces[1].prompt) - 1 + 64 + len(pieces[1].target)
 
 
 def test_text_is_cut_to_max_text_tokens_and_a_cut_target_gets_no_end_of_turn(tiny_model):
@@ -78,8 +80,8 @@ def test_text_is_cut_to_max_text_tokens_and_a_cut_target_gets_no_end_of_turn(tin
     whole, cut = m.tokenize([long_text] * 2, [DEFAULT_INSTRUCTION] * 2, ["a male", long_text], max_text_tokens=8)
     assert whole.target[-1] == m.eot_id and len(whole.target) < 8
     assert len(cut.target) == 8 and m.eot_id not in cut.target
-    assert len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=8)[0].suffix) \
-        < len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=200)[0].suffix)
+    assert len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=8)[0].prompt) \
+        < len(m.tokenize([long_text], [DEFAULT_INSTRUCTION], max_text_tokens=200)[0].prompt)
 
 
 def test_a_clip_does_not_depend_on_the_rest_of_its_batch(tiny_model):
@@ -128,10 +130,9 @@ def test_greedy_generation_is_the_same_alone_and_batched(steerable_model):
     both, _ = m.generate(clips, ["Is it loud?", "What can you hear from the audio? Answer briefly."],
                          transcripts=["hi", "the quick brown fox"], max_new_tokens=6)
     assert alone[0] == both[0] and both[0] != both[1], (alone, both)
-    prompts = [render_prompt(m.tokenizer, "a female voice", "Describe it."),
-               render_prompt(m.tokenizer, "x" * 50, "Longer prompt here")]
-    text_alone = m.generate_from_text(prompts[:1], max_new_tokens=6)
-    text_both = m.generate_from_text(prompts, max_new_tokens=6)
+    texts = [chat_messages("a female voice", "Describe it."), chat_messages("x" * 50, "Longer prompt here")]
+    text_alone, _ = m.chat(texts[:1], max_new_tokens=6)  # no clips: the LLM alone, as the text-only baselines
+    text_both, _ = m.chat(texts, max_new_tokens=6)
     assert text_alone[0] == text_both[0] and text_both[0] != text_both[1], (text_alone, text_both)
 
 
@@ -139,8 +140,8 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(steerable_model):
     m = steerable_model
     states, mask = m.speech_features([chirp(1.0), chirp(1.7, 200, seed=3)])
     pieces = m.tokenize(["hello", "the quick brown fox"], [DEFAULT_INSTRUCTION, "Is it loud?"], ["a male", "a quiet female voice"])
-    n_start = len(pieces[0].prefix)
-    assert n_start > 3 and pieces[1].prefix == pieces[0].prefix  # the chat header and the audio-start marker
+    n_start = pieces[0].prompt.index(SPEECH_ID)
+    assert n_start > 3 and pieces[1].prompt[:n_start + 1] == pieces[0].prompt[:n_start + 1]  # chat header, audio start
     widths = []  # of the embeddings the decoder gets: the shared start left out of them when it comes from the cache
     hook = m.llm.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: widths.append(kwargs["inputs_embeds"].shape[1]) if kwargs.get("inputs_embeds") is not None else None,
@@ -306,24 +307,6 @@ def test_pick_token_greedy_and_top_p():
     assert len(set(draws)) == 4 and draws.count(1) < 240
 
 
-def test_padded_generate_runs_the_encoder_once_for_features_and_transcript(tiny_paths, monkeypatch):
-    # the published way gets both from one whisper.generate(..., output_hidden_states=True): so does pad_to_30s here,
-    # with the same states as speech_features and the same transcripts as transcribe
-    m = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
-    m.eval()
-    clips = [chirp(1.0), chirp(1.6, 200, seed=2)]
-    states, mask, transcripts = m.padded_features_and_transcripts(clips)
-    expected_states, expected_mask = m.speech_features(clips, pad_to_30s=True)
-    torch.testing.assert_close(states, expected_states)
-    assert torch.equal(mask, expected_mask) and transcripts == m.transcribe(clips)
-
-    passes, encode = [], model.encode_tapped_layers
-    monkeypatch.setattr(model, "encode_tapped_layers", lambda *a: passes.append(a[1].shape) or encode(*a))
-    monkeypatch.setattr(m.whisper.encoder, "forward", lambda *a: passes.append("whisper's own encoder"))
-    answers, generated_transcripts = m.generate(clips, ["Describe it."] * 2, max_new_tokens=3, pad_to_30s=True)
-    assert passes == [(2, m.whisper.dims.n_mels, 3000)] and generated_transcripts == transcripts
-
-
 def test_adapter_standardizes_features_with_its_statistics(tiny_model, tmp_path):
     # set to the features' own per-channel statistics, the adapter gives the same vectors when each channel is scaled
     # and shifted (the statistics following): what reaches the Q-Former is the standardized frame
@@ -348,3 +331,68 @@ def test_adapter_standardizes_features_with_its_statistics(tiny_model, tmp_path)
         save_file(old, tmp_path / "old.safetensors", metadata=f.metadata())
     tiny_model.load_adapter(tmp_path / "old.safetensors")
     assert (tiny_model.adapter.feature_mean == 0).all() and (tiny_model.adapter.feature_std == 1).all()
+
+
+def test_a_conversation_holds_several_clips_and_earlier_answers(steerable_model):
+    m = steerable_model
+    clips = [chirp(1.0, 130), chirp(1.8, 200, seed=2), chirp(1.3, 170, seed=3)]
+    two_turns = [{"role": "user", "content": "Compare them.", "audios": clips[:2]},
+                 {"role": "assistant", "content": "The first is lower."},
+                 {"role": "user", "content": "And this one?", "audios": clips[2:]}]
+    one_turn = [{"role": "user", "content": "Is it loud?", "audios": clips[1:2]}]
+    transcripts = ["one", "two", "three", "four"]
+    # the layout: one slot per clip, in order, the earlier answer in the prompt; each clip's vectors in its slot
+    captured = []
+    assemble = m.assemble
+    m.assemble = lambda vectors, pieces, **k: captured.append((vectors, pieces)) or assemble(vectors, pieces, **k)
+    both, used = m.chat([two_turns, one_turn], transcripts=transcripts, max_new_tokens=6)
+    del m.assemble
+    vectors, pieces = captured[0]
+    assert used == transcripts and vectors.shape[0] == 4 and [p.prompt.count(SPEECH_ID) for p in pieces] == [3, 1]
+    text = m.tokenizer.convert_tokens_to_string(m.tokenizer.convert_ids_to_tokens([t for t in pieces[0].prompt if t != SPEECH_ID]))
+    assert text.index("one") < text.index("two") < text.index("The first is lower.") < text.index("three")
+    batch = m.assemble(vectors, pieces, pad_left=True)
+    expected = m.adapter(*m.speech_features(clips + clips[1:2]))
+    torch.testing.assert_close(batch["inputs_embeds"][batch["speech_mask"]].view(4, 64, -1), expected, atol=1e-5, rtol=1e-5)
+    # each conversation answers as it does alone, whatever the other holds
+    assert both[0] == m.chat([two_turns], transcripts=transcripts[:3], max_new_tokens=6)[0][0]
+    assert both[1] == m.chat([one_turn], transcripts=transcripts[3:], max_new_tokens=6)[0][0]
+    # one turn about one clip is the training layout
+    assert m.tokenize(["four"], ["Is it loud?"])[0] == pieces[1]
+    # the earlier answer is read: another one changes the reply
+    other = [dict(t, content="Both sound the same, loud and clear, every time.") if t["role"] == "assistant" else t for t in two_turns]
+    assert m.chat([other], transcripts=transcripts[:3], max_new_tokens=6)[0][0] != both[0]
+
+
+def test_long_clips_are_read_in_windows_cut_in_quiet_places(tiny_model):
+    m = tiny_model
+    sr = 16000
+    tone = chirp(20.0, 150)
+    gap_at = 27.3  # a 0.3-s silence there: the first window ends in it
+    long = np.concatenate([tone, chirp(gap_at - 20.0, 170, seed=1), np.zeros(int(0.3 * sr), np.float32), chirp(17.0, 190, seed=2)])
+    windows, owners = model.whisper_windows([chirp(2.0), long])
+    assert owners == [0, 1, 1] and sum(map(len, windows[1:])) == len(long)
+    assert gap_at * sr <= len(windows[1]) <= (gap_at + 0.3) * sr and len(windows[2]) <= 30 * sr
+    # features: the windows' frames joined in order, as if each window had been encoded alone
+    states, mask = m.speech_features([chirp(2.0), long])
+    parts = [m.speech_features([w]) for w in windows[1:]]
+    joined = torch.cat([s[0] for s, _ in parts], dim=1)
+    assert mask[1].sum() == joined.shape[1] == sum(k.sum() for _, k in parts) and mask[0].sum() == 100
+    torch.testing.assert_close(states[1, :, :joined.shape[1]], joined, atol=1e-5, rtol=1e-5)
+    # transcripts: each window's, joined in order
+    m.decode_transcripts = lambda mel: [f"w{round(float(x.abs().mean()), 3)}" for x in mel]
+    parts = [m.transcribe([w])[0] for w in windows[1:]]
+    assert m.transcribe([long]) == [" ".join(parts)] and len(set(parts)) == 2
+    del m.decode_transcripts
+
+
+def test_streaming_hands_out_each_row_as_it_grows(steerable_model):
+    m = steerable_model
+    seen = {0: [], 1: []}
+    answers, _ = m.generate([chirp(1.0), chirp(1.7, 200, seed=3)], ["Is it loud?", "Who speaks?"], transcripts=["a", "b"],
+                            max_new_tokens=7, on_token=lambda row, ids: seen[row].append(list(ids)))
+    for row in (0, 1):
+        grown = seen[row]
+        assert [len(ids) for ids in grown] == list(range(1, len(grown) + 1))  # one token more each step
+        assert all(grown[-1][:len(ids)] == ids for ids in grown)
+        assert m.tokenizer.decode([t for t in grown[-1] if t != m.eot_id]) == answers[row]

@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 from conftest import ROOT, chirp
 
-from model import AdapterConfig, DeSTA2, generation_dtype, load_model, read_adapter_config
+from common import generation_dtype
+from model import AdapterConfig, DeSTA2, load_model, read_adapter_config
 
 INSTRUCTION = "What can you hear from the audio?"
 TARGETS = ["a female speaker with a Scottish accent", "a male voice with a low pitch", "the quick brown fox",
