@@ -1,19 +1,20 @@
 """
-Talk to a trained adapter: an OpenAI-compatible HTTP server, and a web page it serves to upload or record a clip.
+Talk to a trained adapter: an OpenAI-compatible HTTP server, and a web page it serves to upload or record clips.
 
     python serve.py --adapter=out/demo/adapter.safetensors        # then open http://127.0.0.1:8000
     python serve.py --adapter='' --port=8001                      # no adapter: the cascade (transcript only)
 
-POST /v1/chat/completions takes OpenAI's chat format, with the clip as an `input_audio` content part (base64 wav,
-flac, ogg or mp3), as the official clients send it:
+POST /v1/chat/completions takes OpenAI's chat format, with clips as `input_audio` content parts (base64 wav, flac, ogg
+or mp3), as the official clients send them:
 
     {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav"}},
                                                 {"type": "text", "text": "What is the speaker's gender?"}]}]}
 
-The answer is about the conversation's clip and its last user text; the reply also carries Whisper's transcript of
-the clip (`transcripts`). A clip of silence or steady noise (audio.holds_speech) is said to hold no speech. Requests
-that arrive together are answered in one batch, up to batch_size. "stream": true gets server-sent events in OpenAI's
-chunk format; the answer comes as one chunk when its batch is done.
+The reply is the next turn of the whole conversation: any user message may hold clips, and earlier answers stay in
+the context. It also carries Whisper's transcript of each clip (`transcripts`); clips longer than 30 s are read in 30-s
+windows, up to max_seconds. A conversation whose clips are all silence or steady noise (audio.holds_speech) is said to
+hold no speech. Requests that arrive together are answered in one batch, up to batch_size. "stream": true gets
+server-sent events in OpenAI's chunk format, the answer token by token.
 Bad requests get a 4xx with a message saying what is wrong, and the server goes on.
 """
 import base64
@@ -27,21 +28,22 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from audio import MAX_SECONDS, NO_SPEECH, AudioError, decode_audio, holds_speech
-from common import configure, die, load_answering_model
+from audio import AudioError, decode_audio
+from common import answer_conversations, configure, die, load_answering_model, reply_so_far
 
 # -----------------------------------------------------------------------------
 adapter = 'out/adapter.safetensors'  # the trained adapter; '' = none: the LLM sees the transcript only
 whisper = ''  # base models; '' = the ones the adapter was trained with (without an adapter: the offline defaults)
 llm = ''
 device = 'auto'  # 'auto' = cuda, then mps, then cpu
-dtype = 'auto'  # the LLM's: 'auto' = model.generation_dtype
+dtype = 'auto'  # the LLM's: 'auto' = common.generation_dtype
 host = '127.0.0.1'  # 0.0.0.0 to serve other machines
 port = 8000  # 0 = any free port (the line "serving on ..." names it)
 batch_size = 8  # requests answered together
 batch_wait = 0.02  # seconds to wait for more requests once one has arrived
 max_new_tokens = 256  # the most a request may ask for (max_tokens); also its default
 max_body_mb = 16.0  # larger requests are refused (413) unparsed
+max_seconds = 120.0  # longer clips are refused (400); past 30 s, Whisper reads them in 30-s windows
 seed = 1337
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -56,39 +58,40 @@ class BadRequest(Exception):
 
 
 def parse_request(body):
-    """The clip, the question and the decoding settings of a /v1/chat/completions body; BadRequest otherwise."""
+    """The conversation (turns with their clips) and the decoding settings of a /v1/chat/completions body; BadRequest
+    otherwise."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     messages = body.get('messages')
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list")
-    clips, question = [], None
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get('role') not in ('system', 'user', 'assistant'):
-            raise BadRequest(f"messages[{i}] must be an object with role system, user or assistant")
-        content = message.get('content')
-        parts = [{'type': 'text', 'text': content}] if isinstance(content, str) else content
-        if not isinstance(parts, list):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of content parts")
-        texts = []
-        for j, part in enumerate(parts):
-            where = f"messages[{i}].content[{j}]"
-            kind = part.get('type') if isinstance(part, dict) else None
-            if kind == 'text' and isinstance(part.get('text'), str):
-                texts.append(part['text'])
-            elif kind == 'input_audio' and message['role'] == 'user':
-                clips.append(parse_audio(part.get('input_audio'), where))
-            else:
-                raise BadRequest(f"{where}: expected a text part (or an input_audio part in a user message), got {str(part)[:80]}")
-        if message['role'] == 'user' and ''.join(texts).strip():
-            question = ' '.join(t.strip() for t in texts if t.strip())
-    if not clips:
-        raise BadRequest("no audio: put the clip in a user message as an input_audio content part")
-    if len(clips) > 1:
-        raise BadRequest(f"one clip per conversation for now, got {len(clips)}")
-    if question is None:
-        raise BadRequest("no question: a user message needs a text part")
-    return dict(audio=clips[0], question=question, **decoding_settings(body))
+    conversation = [parse_message(message, f"messages[{i}]") for i, message in enumerate(messages)]
+    if not any(turn['audios'] for turn in conversation):
+        raise BadRequest("no audio: put a clip in a user message as an input_audio content part")
+    if conversation[-1]['role'] != 'user' or not (conversation[-1]['content'] or conversation[-1]['audios']):
+        raise BadRequest("the last message must be the user's, with a text or a clip in it")
+    return dict(conversation=conversation, **decoding_settings(body))
+
+
+def parse_message(message, where):
+    """One message as a turn: {"role", "content": its text parts joined, "audios": its clips (user messages only)}."""
+    if not isinstance(message, dict) or message.get('role') not in ('system', 'user', 'assistant'):
+        raise BadRequest(f"{where} must be an object with role system, user or assistant")
+    content = message.get('content')
+    parts = [{'type': 'text', 'text': content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise BadRequest(f"{where}.content must be a string or a list of content parts")
+    texts, clips = [], []
+    for j, part in enumerate(parts):
+        kind = part.get('type') if isinstance(part, dict) else None
+        if kind == 'text' and isinstance(part.get('text'), str):
+            texts.append(part['text'].strip())
+        elif kind == 'input_audio' and message['role'] == 'user':
+            clips.append(parse_audio(part.get('input_audio'), f"{where}.content[{j}]"))
+        else:
+            raise BadRequest(f"{where}.content[{j}]: expected a text part (or an input_audio part in a user message), "
+                             f"got {str(part)[:80]}")
+    return dict(role=message['role'], content=' '.join(t for t in texts if t), audios=clips)
 
 
 def parse_audio(part, where):
@@ -101,7 +104,7 @@ def parse_audio(part, where):
     except (binascii.Error, ValueError):
         raise BadRequest(f"{where}.input_audio.data is not base64") from None
     try:
-        return decode_audio(data, where, MAX_SECONDS)
+        return decode_audio(data, where, max_seconds)
     except AudioError as e:
         raise BadRequest(str(e)) from None
 
@@ -125,19 +128,22 @@ def decoding_settings(body):
 # --- the model, answered from one thread: requests that arrive together share a batch ---
 
 def answer_requests(jobs):
-    """Fills each job's answer and transcript; jobs with the same decoding settings share a generate call."""
+    """Fills each job's answer and transcripts; jobs with the same decoding settings share a batch. A streaming job
+    gets its answer so far in its 'partial' queue as it grows."""
     groups = {}
     for job in jobs:
-        if not holds_speech(job['audio']):  # described, silence or steady noise would get a voice it does not have
-            job.update(answer=NO_SPEECH, transcript='')
-        else:
-            groups.setdefault((job['max_new_tokens'], job['temperature'], job['top_p']), []).append(job)
+        groups.setdefault((job['max_new_tokens'], job['temperature'], job['top_p']), []).append(job)
     for (n_tokens, temperature, top_p), group in groups.items():
-        answers, transcripts = model.generate([j['audio'] for j in group], [j['question'] for j in group],
-                                              max_new_tokens=n_tokens, temperature=temperature, top_p=top_p,
-                                              use_adapter=bool(adapter))
-        for job, answer, transcript in zip(group, answers, transcripts):
-            job.update(answer=answer, transcript=transcript)
+        def on_token(i, ids, group=group):
+            if group[i]['stream']:
+                group[i]['partial'].put(reply_so_far(model.tokenizer, ids))
+        answers, transcripts = answer_conversations(model, [j['conversation'] for j in group], use_adapter=bool(adapter),
+                                                    max_new_tokens=n_tokens, temperature=temperature, top_p=top_p,
+                                                    on_token=on_token)
+        for job, answer in zip(group, answers):
+            n_clips = sum(len(turn['audios']) for turn in job['conversation'])
+            job.update(answer=answer, transcripts=transcripts[:n_clips])
+            transcripts = transcripts[n_clips:]
 
 
 def model_loop():
@@ -158,23 +164,17 @@ def model_loop():
             for job in jobs:
                 job['error'] = repr(e)
         for job in jobs:
+            job['partial'].put(None)  # the end of a stream
             job['done'].set()
 
 
 # --- HTTP ---
 
-def completion(job, stream):
-    """The reply in OpenAI's format: a chat.completion, or the chunks of a stream."""
-    common = dict(id=job['id'], created=int(job['created']), model=model_name)
-    if not stream:
-        return dict(common, object='chat.completion', transcripts=[job['transcript']],
-                    choices=[dict(index=0, message=dict(role='assistant', content=job['answer']), finish_reason='stop')],
-                    usage=dict(prompt_tokens=0, completion_tokens=0, total_tokens=0))
-    chunk = dict(common, object='chat.completion.chunk')
-    return [dict(chunk, choices=[dict(index=0, delta=dict(role='assistant', content=''), finish_reason=None)]),
-            dict(chunk, transcripts=[job['transcript']],
-                 choices=[dict(index=0, delta=dict(content=job['answer']), finish_reason=None)]),
-            dict(chunk, choices=[dict(index=0, delta={}, finish_reason='stop')])]
+def completion(job):
+    """The reply in OpenAI's format, with the clips' transcripts."""
+    return dict(id=job['id'], created=int(job['created']), model=model_name, object='chat.completion',
+                transcripts=job['transcripts'], usage=dict(prompt_tokens=0, completion_tokens=0, total_tokens=0),
+                choices=[dict(index=0, message=dict(role='assistant', content=job['answer']), finish_reason='stop')])
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -207,15 +207,46 @@ class Handler(BaseHTTPRequestHandler):
             job = parse_request(body)
         except BadRequest as e:
             return self.send_error_json(e.status, str(e))
-        job.update(id=f"chatcmpl-{uuid.uuid4().hex}", created=time.time(), done=threading.Event())
+        job.update(id=f"chatcmpl-{uuid.uuid4().hex}", created=time.time(), done=threading.Event(), partial=queue.Queue())
         pending.put(job)
+        if job['stream']:
+            try:
+                return self.stream(job)
+            except (BrokenPipeError, ConnectionResetError):  # the client left; its answer is still made, and dropped
+                return
         job['done'].wait()
         if 'error' in job:
             return self.send_error_json(500, f"the model failed on this batch: {job['error']}")
-        if not job['stream']:
-            return self.send_json(200, completion(job, stream=False))
-        events = ''.join(f"data: {json.dumps(c)}\n\n" for c in completion(job, stream=True)) + "data: [DONE]\n\n"
-        self.send(200, events.encode(), 'text/event-stream')
+        self.send_json(200, completion(job))
+
+    def stream(self, job):
+        """Server-sent events in OpenAI's chunk format: the answer as it grows, then the transcripts and the end (or an
+        error event, should the model fail once the stream has begun)."""
+        self.send_response(200)
+        self.send_header('Content-Type', 'text/event-stream')
+        self.send_header('Connection', 'close')  # the stream ends with the connection: there is no length to give
+        self.end_headers()
+        self.close_connection = True
+        chunk = dict(id=job['id'], created=int(job['created']), model=model_name, object='chat.completion.chunk')
+
+        def send_event(delta, finish_reason=None, **extra):
+            choice = dict(index=0, delta=delta, finish_reason=finish_reason)
+            self.wfile.write(f"data: {json.dumps(dict(chunk, choices=[choice], **extra))}\n\n".encode())
+            self.wfile.flush()
+
+        send_event(dict(role='assistant', content=''))
+        shown = ''
+        while (text := job['partial'].get()) is not None:
+            if text.startswith(shown) and len(text) > len(shown):
+                send_event(dict(content=text[len(shown):]))
+                shown = text
+        if 'error' in job:
+            message = f"the model failed on this batch: {job['error']}"
+            self.wfile.write(f"data: {json.dumps(dict(error=dict(message=message, type='server_error')))}\n\n".encode())
+        else:
+            rest = job['answer'][len(shown):] if job['answer'].startswith(shown) else ''
+            send_event(dict(content=rest), 'stop', transcripts=job['transcripts'])
+        self.wfile.write(b"data: [DONE]\n\n")
 
     def send(self, status, data, content_type):
         self.send_response(status)

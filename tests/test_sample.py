@@ -67,17 +67,48 @@ def test_sample_reproduces_the_trained_adapters_greedy_answers(trained, loaded, 
     assert any(answers), "all answers are empty: the comparison would prove nothing"
 
 
-def test_interactive_and_cascade(trained, loaded):
+def test_interactive_holds_a_conversation_and_takes_clips_on_the_way(trained, loaded, tmp_path):
+    adapter, clips = trained
+    audio = [load_audio(c) for c in clips]
+    transcripts = loaded.transcribe(audio)
+    stdin = f"{PROMPTS[0]}\n/audio {tmp_path / 'missing.wav'}\n/audio {clips[0]}\n{PROMPTS[1]}\nAnd now?\n"
+    proc = run_sample(f"--adapter={adapter}", f"--audio={clips[1]}", "--interactive", stdin=stdin)
+    # the same conversation in-process: the clips in the turns they were added to, each answer kept in the context
+    turns, answers, in_order = [], [], [transcripts[1], transcripts[0]]
+    for question, clips_added in ((PROMPTS[0], audio[1:]), (PROMPTS[1], audio[:1]), ("And now?", [])):
+        turns.append({"role": "user", "content": question, "audios": clips_added})
+        n_clips = sum(len(t.get("audios", ())) for t in turns)
+        answers.append(loaded.chat([turns], transcripts=in_order[:n_clips], max_new_tokens=8)[0][0])
+        turns.append({"role": "assistant", "content": answers[-1]})
+    assert proc.stdout.endswith(f"== {clips[1]}\ntranscript: {transcripts[1]}\nA: {answers[0]}\n"
+                                f"== {clips[0]}\ntranscript: {transcripts[0]}\nA: {answers[1]}\nA: {answers[2]}\n"), proc.stdout
+    assert f"error: {tmp_path / 'missing.wav'}: no such file" in proc.stderr and len(set(answers)) > 1
+    # without the earlier turns the last question gets another answer: the conversation is what it answers
+    alone = loaded.chat([[{"role": "user", "content": "And now?", "audios": audio[:1]}]], transcripts=transcripts[:1],
+                        max_new_tokens=8)[0][0]
+    assert alone != answers[2], alone
+
+
+def test_cascade(trained, loaded):
     adapter, clips = trained
     audio = [load_audio(clips[1])]
     transcript = loaded.transcribe(audio)
-    proc = run_sample(f"--adapter={adapter}", f"--audio={clips[1]}", "--interactive", stdin="\n".join(PROMPTS) + "\n")
-    answers = [loaded.generate(audio, [p], transcripts=transcript, max_new_tokens=8)[0][0] for p in PROMPTS]
-    assert proc.stdout.endswith(f"transcript: {transcript[0]}\n" + "".join(f"A: {a}\n" for a in answers)) and any(answers)
     # no adapter: the LLM answers from the transcript alone
     proc = run_sample("--adapter=", f"--audio={clips[1]}", f"--whisper={loaded.config.whisper}", f"--llm={loaded.config.llm}")
     cascade = loaded.generate(audio, [PROMPTS[0]], transcripts=transcript, max_new_tokens=8, use_adapter=False)[0][0]
     assert proc.stdout.endswith(f"A: {cascade}\n\n") and cascade
+
+
+def test_a_long_clip_is_read_in_windows_up_to_max_seconds(trained, loaded, tmp_path):
+    adapter, _ = trained
+    long = np.concatenate([speech_like(20.0, 150, seed=4), speech_like(15.0, 210, seed=5)])
+    sf.write(tmp_path / "long.wav", long, 16000)
+    proc = run_sample(f"--adapter={adapter}", f"--audio={tmp_path / 'long.wav'}")
+    clip = load_audio(tmp_path / "long.wav", 60)
+    answer, transcript = loaded.generate([clip], [PROMPTS[0]], max_new_tokens=8)
+    assert proc.stdout.endswith(f"transcript: {transcript[0]}\nQ: {PROMPTS[0]}\nA: {answer[0]}\n\n"), proc.stdout
+    proc = run_sample(f"--adapter={adapter}", f"--audio={tmp_path / 'long.wav'}", "--max_seconds=30", expect_rc=2)
+    assert "35.0 s is longer than the limit of 30 s (--max_seconds sets the limit)" in proc.stderr, proc.stderr
 
 
 def test_a_clip_of_silence_is_said_to_hold_no_speech(trained, tmp_path):
@@ -92,9 +123,9 @@ def test_a_clip_of_silence_is_said_to_hold_no_speech(trained, tmp_path):
 def test_clear_errors(trained, tiny_paths, tmp_path):
     adapter, clips = trained
     (tmp_path / "noise.wav").write_bytes(b"not a wav file at all" * 10)
-    sf.write(tmp_path / "long.wav", np.zeros(31 * 16000, np.float32), 16000)
+    sf.write(tmp_path / "long.wav", np.zeros(121 * 16000, np.int16), 16000)
     for audio, message in [(tmp_path / "nothing.wav", "no such file"), (tmp_path / "noise.wav", "cannot read audio"),
-                           (tmp_path / "long.wav", "longer than 30 s"), (f"{tmp_path}/*.flac", "no file matches")]:
+                           (tmp_path / "long.wav", "longer than the limit of 120 s"), (f"{tmp_path}/*.flac", "no file matches")]:
         proc = run_sample(f"--adapter={adapter}", f"--audio={audio}", expect_rc=2)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = run_sample(f"--adapter={tmp_path / 'none.safetensors'}", f"--audio={clips[0]}", expect_rc=2)

@@ -17,6 +17,7 @@ from conftest import ROOT
 from conftest import speech_like as speech
 
 from model import AdapterConfig, load_model
+from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM whose answers vary with the prompt)
 
 openai = pytest.importorskip("openai")  # requirements.txt installs it; the server itself does not need it
 
@@ -33,10 +34,11 @@ def ask(clip_base64, question, fmt="wav"):
 
 
 @pytest.fixture(scope="module")
-def adapter_and_model(tiny_paths, tmp_path_factory):
-    """A random adapter on disk, and the same model in this process to compare the server's answers with."""
+def adapter_and_model(tiny_paths, steerable_llm, tmp_path_factory):
+    """A random adapter on disk, and the same model in this process to compare the server's answers with (on an LLM
+    whose answers vary with the prompt: conftest's says the same, mostly nothing visible, whatever it is asked)."""
     torch.manual_seed(0)
-    model = load_model(AdapterConfig(whisper=tiny_paths[0], llm=tiny_paths[1]), llm_dtype=torch.float32)
+    model = load_model(AdapterConfig(whisper=tiny_paths[0], llm=steerable_llm), llm_dtype=torch.float32)
     path = tmp_path_factory.mktemp("serve") / "adapter.safetensors"
     model.save_adapter(str(path))
     model.eval()
@@ -49,7 +51,7 @@ def server(adapter_and_model):
     # batch_wait of a second: requests sent together in the test land in one batch
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"--adapter={adapter_and_model[0]}", "--port=0",
                              "--device=cpu", "--dtype=float32", "--max_new_tokens=12", "--batch_wait=1.0",
-                             "--max_body_mb=1.0"],
+                             "--max_body_mb=1.0", "--max_seconds=40"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("serving on "):
@@ -87,17 +89,38 @@ def test_answers_as_the_model_does_streaming_or_not(client, adapter_and_model):
     assert reply.model_extra["transcripts"] == [transcript]
     chunks = list(client.chat.completions.create(model="nanodesta", stream=True,
                                                  messages=ask(wav_base64(x), "Is the speaker male or female?")))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert "".join(pieces) == expected and len(pieces) >= 3, pieces  # token by token, not the answer in one piece
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["transcripts"] == [transcript]
 
 
-def test_flac_and_a_follow_up_question_ask_about_the_same_clip(client, adapter_and_model):
-    x = speech(1.0, f0=220)
+def test_a_conversation_with_several_clips_and_earlier_answers(client, adapter_and_model):
+    x, y = speech(1.0, f0=220), speech(1.4, f0=120, seed=3)
     _, model = adapter_and_model
-    (expected,), _ = model.generate([x], ["And the pitch?"], max_new_tokens=12)
+    turns = [{"role": "user", "content": "What is the speaker's gender?", "audios": [x]},
+             {"role": "assistant", "content": "The speaker is female."},
+             {"role": "user", "content": "And this one? Compare them.", "audios": [y]},
+             {"role": "assistant", "content": "The second is lower."},
+             {"role": "user", "content": "And the pitch?"}]
+    (expected,), transcripts = model.chat([turns], max_new_tokens=12)
     messages = ask(wav_base64(x, "FLAC"), "What is the speaker's gender?", fmt="flac") + [
-        {"role": "assistant", "content": "The speaker is female."}, {"role": "user", "content": "And the pitch?"}]
-    assert client.chat.completions.create(model="nanodesta", messages=messages).choices[0].message.content == expected
+        {"role": "assistant", "content": "The speaker is female."}] + ask(wav_base64(y), "And this one? Compare them.") + [
+        {"role": "assistant", "content": "The second is lower."}, {"role": "user", "content": "And the pitch?"}]
+    reply = client.chat.completions.create(model="nanodesta", messages=messages)
+    assert reply.choices[0].message.content == expected and reply.model_extra["transcripts"] == transcripts
+    # the earlier answers are read: other ones, another reply
+    (other,), _ = model.chat([[dict(t, content="No.") if t["role"] == "assistant" else t for t in turns]], max_new_tokens=12)
+    assert other != expected
+
+
+def test_a_long_clip_is_read_in_windows(client, adapter_and_model):
+    from audio import decode_audio
+    _, model = adapter_and_model
+    data = wav_base64(np.concatenate([speech(20.0, f0=150, seed=4), speech(14.0, f0=210, seed=5)])[::2].copy(), sample_rate=8000)
+    x = decode_audio(base64.b64decode(data), "long", 60)  # 34 s, sent at 8 kHz to stay under the test's 1 MB
+    (expected,), transcripts = model.generate([x], ["Describe the voice."], max_new_tokens=12)
+    reply = client.chat.completions.create(model="nanodesta", messages=ask(data, "Describe the voice."))
+    assert reply.choices[0].message.content == expected and reply.model_extra["transcripts"] == transcripts
 
 
 def test_requests_that_arrive_together_share_a_batch_and_keep_their_answers(client, server, adapter_and_model):
@@ -128,8 +151,10 @@ def test_requests_that_arrive_together_share_a_batch_and_keep_their_answers(clie
     (json.dumps({"messages": ask("%%%", "hi")}).encode(), 400, "not base64"),
     (json.dumps({"messages": ask(base64.b64encode(b"this is not audio at all").decode(), "hi")}).encode(), 400,
      "cannot read audio"),
-    (json.dumps({"messages": ask(wav_base64(np.zeros(8000 * 31, np.float32), sample_rate=8000), "hi")}).encode(), 400, "longer than 30 s"),
-    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi") * 2}).encode(), 400, "one clip per conversation"),
+    (json.dumps({"messages": ask(wav_base64(np.zeros(8000 * 41, np.float32), sample_rate=8000), "hi")}).encode(), 400,
+     "longer than the limit of 40 s"),
+    (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi") + [{"role": "assistant", "content": "Hi."}]}).encode(), 400,
+     "the last message must be the user's"),
     (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "max_tokens": 10**6}).encode(), 400, "max_tokens"),
     (json.dumps({"messages": ask(wav_base64(speech(0.5)), "hi"), "n": 3}).encode(), 400, "n must be 1"),
     (json.dumps({"messages": ask(wav_base64(np.zeros(16000 * 29, np.float32)), "hi")}).encode(), 413, "larger than 1 MB"),
@@ -219,7 +244,7 @@ def test_the_page_answers_about_an_uploaded_and_a_recorded_clip(server, browser,
     answer, notes = page_answer(browser, "Who is speaking?")
     assert answer == "assistant: The clip holds no speech.", notes
 
-    browser.find_element(By.ID, "file").send_keys(str(spoken))  # a new clip starts a new conversation
+    browser.find_element(By.ID, "file").send_keys(str(spoken))  # a new clip goes with the next question
     answer, notes = page_answer(browser, "Who is speaking?")
     assert answer.startswith("assistant:") and "no speech" not in answer, notes
     assert any(n.startswith("transcript: ") for n in notes) and not any("error" in n for n in notes), notes
@@ -235,3 +260,8 @@ def test_the_page_answers_about_an_uploaded_and_a_recorded_clip(server, browser,
         pytest.fail(f"the recording did not become the clip: {browser.find_element(By.TAG_NAME, 'body').text!r}")
     answer, notes = page_answer(browser, "What is the speaker's gender?")
     assert answer.startswith("assistant:") and "no speech" not in answer, notes
+    # a follow-up without a new clip: the page sent the whole conversation, each clip with the question it came before
+    answer, notes = page_answer(browser, "And the pitch?")
+    kept = browser.execute_script("return messages.map(m => [m.role, Array.isArray(m.content) ? m.content.map(p => p.type) : 'text'])")
+    assert kept == [["user", ["input_audio", "text"]], ["assistant", "text"]] * 3 + [["user", ["text"]], ["assistant", "text"]], kept
+    assert answer.startswith("assistant:") and not any("error" in n for n in notes), notes
