@@ -111,3 +111,28 @@ def test_paper_shapes_are_the_published_models():
     assert sum(p.numel() for p in llama.parameters()) == 8_030_261_248
     config = sized_config(AdapterConfig(tapped_layers=shapes["tapped_layers"]), whisper_model, llama)
     assert sum(p.numel() for p in SpeechAdapter(config).parameters()) == 22_251_776
+
+
+def test_bench_pairs_prints_ours_against_raw_and_exits_by_min_ratio(tiny_paths):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for min_ratio, code in (("0.0", 0), ("1000.0", 1)):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench_pairs.py"), f"--llm={tiny_paths[1]}", "--n_prompts=4",
+                               "--max_new_tokens=6", "--llm_dtype=float32", f"--min_ratio={min_ratio}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        out = proc.stdout
+        assert proc.returncode == code, f"exit {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    rates = {}
+    for name in ("raw", "ours"):
+        m = re.search(rf"^{name} *: prompt +([\d.]+) tok/s .*decode +([\d.]+) tok/s \((\d+) tokens .*end to end +([\d.]+) tok/s",
+                      out, re.M)
+        assert m and float(m[1]) > 0, out
+        rates[name] = (float(m[2]), float(m[4]), int(m[3]))
+    assert rates["raw"][2] == 4 * 6 and 4 <= rates["ours"][2] <= 4 * 6  # raw decodes every row to the end, ours stops rows
+    m = re.search(r"^ours / raw: decode ([\d.]+)x, end to end ([\d.]+)x", out, re.M)
+    assert m, out
+    for printed, ours, raw in zip((float(m[1]), float(m[2])), rates["ours"], rates["raw"]):
+        assert abs(printed - ours / raw) < 0.01 * printed + 0.006, (printed, ours, raw)
+    # the raw loop picks the same greedy tokens: the two sides do the same work
+    assert "identical greedy replies, ours and raw: 4/4" in out, out
+    m = re.search(r"^ours: ([\d.]+) rows per step on average", out, re.M)
+    assert m and 0 < float(m[1]) <= 4, out
