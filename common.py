@@ -295,9 +295,9 @@ def transcribe_heard(model, clips):
 
 
 def answer_conversations(model, conversations, transcripts=None, on_token=None, **decoding):
-    """(answers, transcripts): model.chat's, except that a conversation whose clips all hold no speech gets NO_SPEECH
-    rather than a voice it does not have. transcripts: one per clip in order (None: transcribe_heard's). on_token(i,
-    ids) names conversation i. decoding: the rest of model.chat's arguments."""
+    """(answers, each conversation's transcripts): model.chat's, except that a conversation whose clips all hold no
+    speech gets NO_SPEECH rather than a voice it does not have. transcripts: one per clip of all the conversations, in
+    order (None: transcribe_heard's). on_token(i, ids) names conversation i. decoding: the rest of model.chat's arguments."""
     from audio import NO_SPEECH, holds_speech
     clips = [[a for turn in c for a in turn.get('audios', ())] for c in conversations]
     transcripts = transcribe_heard(model, [a for c in clips for a in c]) if transcripts is None else transcripts
@@ -310,7 +310,7 @@ def answer_conversations(model, conversations, transcripts=None, on_token=None, 
         replies, _ = model.chat([conversations[i] for i in heard], texts, on_token=each_row, **decoding)
         for i, reply in zip(heard, replies):
             answers[i] = reply
-    return answers, transcripts
+    return answers, [transcripts[s:s + len(c)] for s, c in zip(starts, clips)]
 
 
 def reply_so_far(tokenizer, ids):

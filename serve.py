@@ -140,10 +140,8 @@ def answer_requests(jobs):
         answers, transcripts = answer_conversations(model, [j['conversation'] for j in group], use_adapter=bool(adapter),
                                                     max_new_tokens=n_tokens, temperature=temperature, top_p=top_p,
                                                     on_token=on_token)
-        for job, answer in zip(group, answers):
-            n_clips = sum(len(turn['audios']) for turn in job['conversation'])
-            job.update(answer=answer, transcripts=transcripts[:n_clips])
-            transcripts = transcripts[n_clips:]
+        for job, answer, clip_transcripts in zip(group, answers, transcripts):
+            job.update(answer=answer, transcripts=clip_transcripts)
 
 
 def model_loop():
