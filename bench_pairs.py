@@ -73,14 +73,14 @@ def timed_ours(items, model, tokenizer):
             prompt_done.append(time.time())
 
     hook = model.get_decoder().register_forward_hook(after)
-    t0, replies, lengths = time.time(), {}, []
+    t0, replies, reply_lengths = time.time(), {}, []
     cfg = dict(batch_size=len(items), max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
     for results in gp.local_replies(items, cfg, model, tokenizer):
         for item, reply, n in results:
             replies[item['audio_id']] = reply
-            lengths.append(n)
+            reply_lengths.append(n)
     hook.remove()
-    return prompt_done[-1] - t0, time.time() - t0, replies, sum(lengths), max(lengths)
+    return prompt_done[-1] - t0, time.time() - t0, replies, sum(reply_lengths), max(reply_lengths)
 
 
 @torch.no_grad()
@@ -117,9 +117,9 @@ for k, text in enumerate(seed_transcripts(n_prompts, random.Random(seed))):
     instruction = gp.pick_instruction(f"bench{k:02d}", choices)
     items.append({'audio_id': f"bench{k:02d}", 'seed_transcript': text, 'instruction': instruction,
                   'input': render_prompt(tokenizer, text, instruction)})
-lengths = [len(tokenizer(item['input'], add_special_tokens=False).input_ids) for item in items]
-print(f"{llm} ({model.dtype}, {device}, {torch.get_num_threads()} threads): {n_prompts} prompts of {min(lengths)}-"
-      f"{max(lengths)} tokens, greedy, max_new_tokens={max_new_tokens}, best of {rounds}")
+prompt_lengths = [len(tokenizer(item['input'], add_special_tokens=False).input_ids) for item in items]
+print(f"{llm} ({model.dtype}, {device}, {torch.get_num_threads()} threads): {n_prompts} prompts of {min(prompt_lengths)}-"
+      f"{max(prompt_lengths)} tokens, greedy, max_new_tokens={max_new_tokens}, best of {rounds}")
 
 timed_raw(items[:2], model, tokenizer)  # warm-up
 timed_ours(items[:2], model, tokenizer)
@@ -131,7 +131,7 @@ rates = {}
 for name, results in runs.items():
     t_prompt, t, replies, n_tokens, _ = min(results, key=lambda r: r[1])
     rates[name] = (n_tokens / (t - t_prompt), n_tokens / t)
-    print(f"{name:4s}: prompt {sum(lengths) / t_prompt:6.1f} tok/s ({t_prompt:5.1f} s), decode {rates[name][0]:6.1f} tok/s "
+    print(f"{name:4s}: prompt {sum(prompt_lengths) / t_prompt:6.1f} tok/s ({t_prompt:5.1f} s), decode {rates[name][0]:6.1f} tok/s "
           f"({n_tokens} tokens in {t - t_prompt:5.1f} s), end to end {rates[name][1]:6.1f} tok/s ({t:5.1f} s)")
 ratios = [ours / raw for ours, raw in zip(rates['ours'], rates['raw'])]
 print(f"ours / raw: decode {ratios[0]:.2f}x, end to end {ratios[1]:.2f}x (target {min_ratio}x)")
