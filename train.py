@@ -390,12 +390,22 @@ def save_checkpoint():
     write_atomic(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
 
 
+def other_clip_rows(audios):
+    """For each row of a batch, the next row (cyclically) that holds another clip, or None if all hold one clip. Not
+    simply the next row: rows of similar length share a batch, and two questions about one clip often are, so a
+    roll by one gave such rows their own audio back and hid the gap estimate_loss measures."""
+    n = len(audios)
+    rows = [next((j % n for j in range(k + 1, k + n) if audios[j % n] != audios[k]), None) for k in range(n)]
+    return None if None in rows else rows
+
+
 @torch.no_grad()
 def estimate_loss():
     """Mean loss over the fixed evaluation batches of each split, dropout off; the batches are shared among the ranks.
-    On listen_split also 'other_audio': the same rows with each row's speech taken from the next clip in its batch
-    (rolled by one) while its transcript and target stay. The gap to the plain loss is what the speech vectors tell the
-    LLM beyond the transcript; near zero, the LLM is not listening (README, "Why Whisper's channels are standardized")."""
+    On listen_split also 'other_audio': the same rows with each row's speech taken from another clip of its batch
+    (other_clip_rows) while its transcript and target stay. The gap to the plain loss is what the speech vectors tell
+    the LLM beyond the transcript; near zero, the LLM is not listening (README, "Why Whisper's channels are
+    standardized")."""
     raw_model.eval()
     out = {}
     for split, batches in eval_batches.items():
@@ -405,8 +415,9 @@ def estimate_loss():
             with ctx:
                 total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces, share_prompt_start=not compile).float(),
                                            torch.ones((), device=device)])
-                if split == listen_split and len(idx) > 1:
-                    other = raw_model(tapped.roll(1, 0), frame_mask.roll(1, 0), pieces, share_prompt_start=not compile).float()
+                swap = other_clip_rows([splits[split]['rows'][i]['audio'] for i in idx]) if split == listen_split else None
+                if swap is not None:
+                    other = raw_model(tapped[swap], frame_mask[swap], pieces, share_prompt_start=not compile).float()
                     total[2:4] += torch.stack([other, torch.ones((), device=device)])
         if ddp:
             dist.all_reduce(total)

@@ -124,6 +124,26 @@ def test_overfits_a_handful_of_clips_and_skips_bad_rows(tiny_paths, steerable_ll
     assert "val loss with other clips' audio" in proc.stdout
 
 
+def test_other_audio_loss_never_gives_a_row_its_own_clip(tiny_paths, data_dir, tmp_path):
+    """Two questions about one clip share a batch when their rows are about as long: the loss 'with other clips' audio'
+    must not hand them each other's audio, which is their own (a roll by one did, and logged the plain loss again)."""
+    one_clip = tmp_path / "data"
+    shutil.copytree(data_dir, one_clip)
+    rows = [json.loads(line) for line in open(one_clip / "val_pairs.jsonl")]
+    (one_clip / "val_pairs.jsonl").write_text("".join(json.dumps({**rows[0], "instruction": q}) + "\n"
+                                                      for q in (INSTRUCTION, "Describe the speaker.")))
+    proc = run_train(tmp_path / "out", "--batch_size=2", "--max_iters=1", "--eval_interval=1", whisper=tiny_paths[0],
+                     llm=tiny_paths[1], data_dir=one_clip)
+    evals = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl") if '"eval"' in line]
+    assert evals and all("other_audio_loss" not in e for e in evals), evals
+    assert "other clips' audio" not in proc.stdout
+    # with two clips in the batch the loss with swapped audio is measured (and differs from the plain one)
+    run_train(tmp_path / "out2", "--batch_size=2", "--max_iters=1", "--eval_interval=1", whisper=tiny_paths[0],
+              llm=tiny_paths[1], data_dir=data_dir)
+    evals = [json.loads(line) for line in open(tmp_path / "out2" / "log.jsonl") if '"eval"' in line]
+    assert all(e["other_audio_loss"] != e["val_loss"] for e in evals), evals
+
+
 def test_adapter_shape_is_configurable_and_travels_with_the_adapter(tiny_paths, data_dir, tmp_path):
     """--n_queries and --n_qformer_layer reach the adapter, its file records them, and the model sample.py and eval.py
     build from that file takes them back: the trained weights load into it and give that many speech vectors."""
