@@ -141,7 +141,7 @@ def test_other_audio_loss_never_gives_a_row_its_own_clip(tiny_paths, data_dir, t
     run_train(tmp_path / "out2", "--batch_size=2", "--max_iters=1", "--eval_interval=1", whisper=tiny_paths[0],
               llm=tiny_paths[1], data_dir=data_dir)
     evals = [json.loads(line) for line in open(tmp_path / "out2" / "log.jsonl") if '"eval"' in line]
-    assert all(e["other_audio_loss"] != e["val_loss"] for e in evals), evals
+    assert evals and all(e["other_audio_loss"] != e["val_loss"] for e in evals), evals
 
 
 def test_adapter_shape_is_configurable_and_travels_with_the_adapter(tiny_paths, data_dir, tmp_path):
