@@ -15,10 +15,11 @@ Sharded over several processes or machines (each writes its own file, {split}_pa
                                                     #    the --instructions given (the shards' own)
     # (a plain `cat data/synth/train_pairs.shard*of4.jsonl > data/synth/train_pairs.jsonl` also works: shards are disjoint)
 
-Resumable: output is appended and fsync'd batch by batch; a rerun skips the (audio_id, instruction) pairs already
-written and drops a line cut short by a kill, so a run killed at any moment and started again loses at most the batch
-in flight. Run one process per output file. Output rows are the manifest rows plus instruction, input (the rendered
-prompt), target and pair_model, in the order they were generated (longest prompts first), not manifest order.
+Resumable: output is appended and fsync'd queue by queue (--queue_size prompts); a rerun skips the (audio_id,
+instruction) pairs already written and drops a line cut short by a kill, so a run killed at any moment and started
+again loses at most the queue in flight. Run one process per output file. Output rows are the manifest rows plus
+instruction, input (the rendered prompt), target and pair_model, in the order they were generated (longest prompts
+first), not manifest order.
 Exit codes: 0 done, 1 the server could not be reached or failed (the pairs made so far are kept: rerun to go on),
 2 bad input (an argument, a manifest, shards or an output file that do not fit what is asked).
 """
@@ -48,7 +49,9 @@ request_timeout = 600.0  # http backend: seconds per request
 instructions = DEFAULT_INSTRUCTION  # '|'-separated, or @file with one per line; each row gets one (from each group,
 # below) by a hash of its audio_id.
 # Groups ('||' between them; an empty line in the file) give each row one pair per group: config/voice_questions.txt
-batch_size = 16  # local backend: prompts per batch
+batch_size = 16  # local backend: rows decoded at once; as one finishes, the queue's next prompt takes its place
+queue_size = 256  # local backend: prompts decoded as one queue (longest first) and written together once all are done:
+# a kill loses at most these; between queues the batch runs down, a row at a time
 max_new_tokens = 128
 temperature = 0.0  # 0 = greedy
 top_p = 1.0
@@ -176,30 +179,43 @@ def left_padded_batch(model, rows, pad_id, n_start=0):
     return dict(inputs_embeds=model.get_input_embeddings()(input_ids), attention_mask=attention_mask, position_ids=position_ids)
 
 
-def plan_batches(ids, batch_size):
-    """(n_start, batches): the length of the start all prompts share, and lists of prompt indices, longest prompts
-    first: sorting by length keeps the padding in each batch small (and puts the biggest batch, memory-wise, first)."""
+def plan_queues(ids, queue_size):
+    """(n_start, queues): the length of the start all prompts share, and lists of prompt indices, longest prompts
+    first: sorting by length keeps the padding in each batch small (and puts the biggest batch, memory-wise, first).
+    The queues are of equal size, at most queue_size: a small last one would spend most of its steps running down."""
     order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
-    return shared_start(ids) if ids else 0, [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    n = -(-len(order) // queue_size)  # queues, rounded up
+    return shared_start(ids) if ids else 0, [order[q * len(order) // n:(q + 1) * len(order) // n] for q in range(n)]
 
 
 def local_replies(items, cfg, model, tokenizer, done=()):
-    """Yields lists of (item, reply, n_generated_tokens), one list per batch of plan_batches. done: indices of the
-    items an earlier run wrote. They are planned with the rest, so a resumed run makes the same batches and caches the
-    same prompt start as an uninterrupted one: in bf16 either can flip a greedy reply on a near-tie."""
+    """Yields lists of (item, reply, n_generated_tokens), one list per queue of plan_queues, decoded batch_size rows at
+    a time, a finished row's place going to the queue's next prompt (llm_decode's refill). done: indices of the items an
+    earlier run wrote. They are planned with the rest, so a resumed run makes the same queues and caches the same
+    prompt start as an uninterrupted one: in bf16 either can flip a greedy reply on a near-tie."""
     eot_id = end_of_turn_id(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
     ids = [tokenizer(item['input'], add_special_tokens=False).input_ids for item in items]
     # every prompt starts the same way (system turn, user header, the seed transcript's '[00:00:00 - 00:00:'): about
     # 40 of ~115 tokens that the frozen LLM encodes once here, not once per row
-    n_start, batches = plan_batches(ids, cfg['batch_size'])
-    batches = [chunk for chunk in ([k for k in b if k not in done] for b in batches) if chunk]
-    cache = start_cache(model, ids[0][:n_start]) if n_start and batches else None
-    for chunk in batches:
-        batch = left_padded_batch(model, [ids[k][n_start:] for k in chunk], pad_id, n_start)
-        batch['cache'] = cache_for_batch(cache, len(chunk)) if n_start else None
-        replies, n_tokens = llm_decode(model, tokenizer, batch, cfg['max_new_tokens'], cfg['temperature'], cfg['top_p'], eot_id)
-        yield [(items[k], r, n) for k, r, n in zip(chunk, replies, n_tokens)]
+    n_start, queues = plan_queues(ids, cfg['queue_size'])
+    queues = [queue for queue in ([k for k in q if k not in done] for q in queues) if queue]
+    cache = start_cache(model, ids[0][:n_start]) if n_start and queues else None
+    for queue in queues:
+        waiting = list(queue)
+
+        def next_batch(n):
+            chunk = waiting[:n]
+            del waiting[:n]
+            if not chunk:
+                return None
+            batch = left_padded_batch(model, [ids[k][n_start:] for k in chunk], pad_id, n_start)
+            batch['cache'] = cache_for_batch(cache, len(chunk)) if n_start else None
+            return batch
+
+        replies, n_tokens = llm_decode(model, tokenizer, next_batch(cfg['batch_size']), cfg['max_new_tokens'],
+                                       cfg['temperature'], cfg['top_p'], eot_id, refill=next_batch)
+        yield [(items[k], r, n) for k, r, n in zip(queue, replies, n_tokens)]
 
 
 # -----------------------------------------------------------------------------
@@ -307,13 +323,13 @@ def append_pairs(out_path, replies, n_items, split, pair_model):
             tqdm(total=n_items, desc=split, unit='row', file=sys.stderr, mininterval=1.0) as bar:
         try:
             for results in replies:
-                # one write per batch, not per row (the buffer would reach the disk mid-batch): a batch lands
-                # whole, so a rerun remakes a lost one as the same batch
+                # one write per list (a queue of local_replies), not per row (the buffer would reach the disk
+                # mid-list): a queue lands whole, so a rerun remakes a lost one as the same queue
                 f.write(''.join(json.dumps({**item, 'target': reply, 'pair_model': pair_model}, ensure_ascii=False)
                                 + '\n' for item, reply, _ in results))
                 n_tokens += sum(n for _, _, n in results)
                 f.flush()
-                os.fsync(f.fileno())  # on disk before the next batch: a kill loses at most the batch in flight
+                os.fsync(f.fileno())  # on disk before the next list: a kill loses at most the one in flight
                 n_new += len(results)
                 elapsed = max(time.time() - t0, 1e-9)
                 bar.update(len(results))

@@ -466,47 +466,81 @@ def accept_drafts(draft, picked, cache, attention_mask, position):
         attention_mask, position = attention_mask[:, :-n_rejected], position - n_rejected
     return n_kept, attention_mask, position
 
+def join_batches(cache, attention_mask, joining_cache, joining_mask):
+    """The attention mask of a batch under way with rows that join it (their prompts' KV cache and mask), and the
+    joiners' keys and values appended to its cache: the shorter side is padded on the left and masked out. Each row
+    keeps its own positions (RoPE is applied before keys are cached), so its reply does not change."""
+    gap = attention_mask.shape[1] - joining_mask.shape[1]
+    for layer, joining in zip(cache.layers, joining_cache.layers):
+        for name in ("keys", "values"):  # (B, heads, length, head_dim)
+            ours, theirs = getattr(layer, name), getattr(joining, name)
+            setattr(layer, name, torch.cat([F.pad(ours, (0, 0, max(-gap, 0), 0)), F.pad(theirs, (0, 0, max(gap, 0), 0))]))
+    return torch.cat([F.pad(attention_mask, (max(-gap, 0), 0)), F.pad(joining_mask, (max(gap, 0), 0))])
+
 @torch.no_grad()
-def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, draft_tokens=0, on_token=None):
-    """(answers, tokens generated per row, end-of-turn included) for a left-padded batch as DeSTA2.answer makes it, "cache"
-    the shared prompt start's. Needs only the LLM and its tokenizer (pair generation runs without Whisper). A row leaves
-    the batch when it closes its turn; on_token(row, its ids so far) is called as it grows. draft_tokens > 0, one row,
-    greedy: each step also checks up to draft_tokens guesses (lookup_draft), cheap at batch 1, where a step is bound by
-    reading the weights; the answer is the greedy one up to rounding (a wider matrix product can flip a near-tie in bf16)."""
+def llm_decode(llm, tokenizer, batch, max_new_tokens, temperature=0.0, top_p=1.0, eot_id=None, draft_tokens=0, on_token=None,
+               refill=None):
+    """(answers, tokens generated per row, end-of-turn included) for a left-padded batch as DeSTA2.assemble makes it,
+    "cache" the shared prompt start's. Needs only the LLM and its tokenizer (pair generation runs without Whisper). A row
+    leaves the batch when it closes its turn; on_token(row, its ids so far) is called as it grows. refill(n): a batch
+    like `batch` of up to n more prompts, or None when none waits; it is asked as rows leave, so waiting prompts take
+    their places (continuous batching: where a step costs the same at any batch size, as when decoding is bound by
+    reading the weights, a half-empty batch wastes half of it); answers come in the order the rows entered.
+    draft_tokens > 0, one row, greedy, no refill: each step also checks up to draft_tokens guesses (lookup_draft), cheap
+    at batch 1; the answer is the greedy one up to rounding (a wider matrix product can flip a near-tie in bf16)."""
     eot_id = end_of_turn_id(tokenizer) if eot_id is None else eot_id
     stops = {eot_id, tokenizer.eos_token_id} - {None}
-    decoder, attention_mask = llm.get_decoder(), batch["attention_mask"]
-    out = decoder(inputs_embeds=batch["inputs_embeds"], attention_mask=attention_mask,
-                  position_ids=batch["position_ids"], cache=batch.get("cache"), use_cache=True)
+    decoder = llm.get_decoder()
+
+    def read_prompts(b):  # -> the cache, the attention mask, and the hidden state and position whose next token is picked
+        out = decoder(inputs_embeds=b["inputs_embeds"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
+                      cache=b.get("cache"), use_cache=True)
+        return out.cache, b["attention_mask"], out.last_hidden_state[:, -1:], b["position_ids"][:, -1:]
+
+    cache, attention_mask, hidden, position = read_prompts(batch)
     B = attention_mask.shape[0]
-    drafting = draft_tokens > 0 and B == 1 and temperature <= 0 and "token_ids" in batch
-    rows = torch.arange(B, device=attention_mask.device)  # which of the B rows are still in the batch
+    drafting = draft_tokens > 0 and B == 1 and temperature <= 0 and "token_ids" in batch and refill is None
+    rows = torch.arange(B, device=attention_mask.device)  # which rows (indices into tokens) are in the batch
     tokens = [[] for _ in range(B)]
-    hidden, position = out.last_hidden_state[:, -1:], batch["position_ids"][:, -1:]  # whose next token is picked
     draft = []  # the drafts fed after the last picked token
     while True:
         picked = pick_token(llm_head(llm, hidden.flatten(0, 1)).float(), temperature, top_p).view(len(rows), -1)
         n_kept = 0
         if draft:
-            n_kept, attention_mask, position = accept_drafts(draft, picked[0], out.cache, attention_mask, position)
+            n_kept, attention_mask, position = accept_drafts(draft, picked[0], cache, attention_mask, position)
         finished = torch.tensor([append_tokens(tokens[r], picked[i, :n_kept + 1].tolist(), stops, max_new_tokens)
                                  for i, r in enumerate(rows.tolist())], device=rows.device)
         for r in rows.tolist() if on_token else ():
             on_token(r, tokens[r])
-        if finished.all():
+        keep = (~finished).nonzero().flatten()
+        # prompts join a quarter of the batch or more at a time: a few prompts read together go slower per token than
+        # many, and each join copies the whole cache
+        joining = refill(B - len(keep)) if refill and len(keep) <= B - max(1, B // 4) else None
+        if not len(keep) and joining is None:
             break
-        next_token = picked[:, n_kept]
-        if finished.any():  # drop finished rows from the batch and its cache
-            keep = (~finished).nonzero().flatten()
-            out.cache.batch_select_indices(keep)
-            rows, next_token, attention_mask, position = rows[keep], next_token[keep], attention_mask[keep], position[keep]
-        if drafting:
-            draft = lookup_draft(batch["token_ids"][0] + tokens[0], min(draft_tokens, max_new_tokens - len(tokens[0]) - 1))
-        step_ids = torch.cat([next_token, next_token.new_tensor(draft)])[None] if draft else next_token[:, None]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), step_ids.shape[1])], dim=1)
-        out = decoder(input_ids=step_ids, attention_mask=attention_mask, cache=out.cache, use_cache=True,
-                      position_ids=position + 1 + torch.arange(step_ids.shape[1], device=position.device))
-        hidden, position = out.last_hidden_state, position + step_ids.shape[1]
+        if len(keep):
+            next_token = picked[keep, n_kept]
+            if len(keep) < len(rows):  # drop finished rows from the batch and its cache
+                cache.batch_select_indices(keep)
+                rows, attention_mask, position = rows[keep], attention_mask[keep], position[keep]
+            if drafting:
+                draft = lookup_draft(batch["token_ids"][0] + tokens[0], min(draft_tokens, max_new_tokens - len(tokens[0]) - 1))
+            step_ids = torch.cat([next_token, next_token.new_tensor(draft)])[None] if draft else next_token[:, None]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), step_ids.shape[1])], dim=1)
+            out = decoder(input_ids=step_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
+                          position_ids=position + 1 + torch.arange(step_ids.shape[1], device=position.device))
+            hidden, position = out.last_hidden_state, position + step_ids.shape[1]
+        if joining is not None:
+            joining_cache, joining_mask, joining_hidden, joining_position = read_prompts(joining)
+            joining_rows = torch.arange(len(tokens), len(tokens) + len(joining_mask), device=rows.device)
+            tokens += [[] for _ in range(len(joining_mask))]
+            if len(keep):
+                attention_mask = join_batches(cache, attention_mask, joining_cache, joining_mask)
+                rows, hidden = torch.cat([rows, joining_rows]), torch.cat([hidden, joining_hidden])
+                position = torch.cat([position, joining_position])
+            else:
+                cache, attention_mask, hidden, position, rows = (joining_cache, joining_mask, joining_hidden,
+                                                                 joining_position, joining_rows)
     ends = [next((i for i, t in enumerate(row) if t in stops), None) for row in tokens]
     answers = [tokenizer.decode(row[:end], skip_special_tokens=True).strip() for row, end in zip(tokens, ends)]
     return answers, [len(row) for row in tokens]

@@ -116,7 +116,7 @@ def test_paper_shapes_are_the_published_models():
 def test_bench_pairs_prints_ours_against_raw_and_exits_by_min_ratio(tiny_paths):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for min_ratio, code in (("0.0", 0), ("1000.0", 1)):
-        proc = subprocess.run([sys.executable, str(ROOT / "bench_pairs.py"), f"--llm={tiny_paths[1]}", "--n_prompts=4",
+        proc = subprocess.run([sys.executable, str(ROOT / "bench_pairs.py"), f"--llm={tiny_paths[1]}", "--n_prompts=4", "--batch_size=2",
                                "--max_new_tokens=6", "--llm_dtype=float32", f"--min_ratio={min_ratio}"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         out = proc.stdout
@@ -135,4 +135,4 @@ def test_bench_pairs_prints_ours_against_raw_and_exits_by_min_ratio(tiny_paths):
     # the raw loop picks the same greedy tokens: the two sides do the same work
     assert "identical greedy replies, ours and raw: 4/4" in out, out
     m = re.search(r"^ours: ([\d.]+) rows per step on average", out, re.M)
-    assert m and 0 < float(m[1]) <= 4, out
+    assert m and 0 < float(m[1]) <= 2, out  # at most the batch

@@ -154,14 +154,80 @@ def test_finished_rows_leave_the_batch_without_changing_the_rest(lively_llm):
         assert alone == ([answer], [n])
         if n == 12:  # the KV-cached loop agrees with recomputing everything
             assert answer == tokenizer.decode(greedy_without_cache(row, 12), skip_special_tokens=True).strip()
-    # local_replies encodes the prompts' shared start once and reuses its cache: the same replies
+    # local_replies encodes the prompts' shared start once and reuses its cache, and the fourth prompt takes the place
+    # of the first row to finish: the same replies
     items = [{'input': p} for p in prompts]
-    cfg = dict(batch_size=3, max_new_tokens=12, temperature=0.0, top_p=1.0)
+    cfg = dict(batch_size=3, queue_size=4, max_new_tokens=12, temperature=0.0, top_p=1.0)
     full = {k: llm_decode(model, tokenizer, gp.left_padded_batch(model, [row], tokenizer.pad_token_id), 12)[0][0]
             for k, row in enumerate(ids)}
     reused = [(item['input'], reply) for results in gp.local_replies(items, cfg, model, tokenizer) for item, reply, _ in results]
     assert len(reused) == 4 and all(reply == full[prompts.index(p)] for p, reply in reused)
     assert gp.shared_start(ids) > 3
+
+
+def test_rows_that_join_a_batch_under_way_get_the_replies_they_get_alone(lively_llm, monkeypatch):
+    """llm_decode's refill: prompts take the places of finished rows, their KV caches joined to the batch's. The first
+    row is made to stop early; the prompt that takes its place is longer than the batch's cache so far and a later
+    one shorter, so both sides of join_batches' padding are exercised."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import model as model_py
+
+    tokenizer = AutoTokenizer.from_pretrained(lively_llm)
+    model = AutoModelForCausalLM.from_pretrained(lively_llm, dtype=torch.float32).eval()
+    ids = [tokenizer(render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION),
+                     add_special_tokens=False).input_ids for k in (0, 8, 6, 3)]  # 2, 3, 8 and 5 words
+
+    def decode(rows, **kwargs):
+        return model_py.llm_decode(model, tokenizer, gp.left_padded_batch(model, rows, tokenizer.pad_token_id), 10, **kwargs)
+
+    seen = {}
+    decode(ids[:1], on_token=lambda row, tokens: seen.update({row: list(tokens)}))
+    reference = seen[0]
+    stop = reference[2]  # the first row's third token ends its turn
+    assert stop not in reference[:2]
+    alone = [decode([row], eot_id=stop) for row in ids]
+    gaps, join_batches = [], model_py.join_batches
+
+    def recording_join(cache, attention_mask, joining_cache, joining_mask):
+        gaps.append(attention_mask.shape[1] - joining_mask.shape[1])
+        return join_batches(cache, attention_mask, joining_cache, joining_mask)
+
+    monkeypatch.setattr(model_py, "join_batches", recording_join)
+    waiting = ids[2:]
+
+    def refill(n):
+        chunk = waiting[:n]
+        del waiting[:n]
+        return gp.left_padded_batch(model, chunk, tokenizer.pad_token_id) if chunk else None
+
+    answers, n_tokens = decode(ids[:2], eot_id=stop, refill=refill)
+    assert (answers, n_tokens) == ([a[0][0] for a in alone], [a[1][0] for a in alone])
+    assert n_tokens[0] == 3 and not waiting
+    assert min(gaps) < 0 < max(gaps)
+    # in a batch of 8, prompts join 2 or more at a time (a quarter of the batch), and still get their own replies
+    more = [tokenizer(render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION),
+                      add_special_tokens=False).input_ids for k in range(12)]
+    alone = [decode([row], eot_id=stop) for row in more]
+    waiting, asked = more[8:], []
+
+    def counted_refill(n):
+        asked.append(n)
+        return refill(n)
+
+    answers, n_tokens = decode(more[:8], eot_id=stop, refill=counted_refill)
+    assert (answers, n_tokens) == ([a[0][0] for a in alone], [a[1][0] for a in alone])
+    assert asked and min(asked) >= 2 and not waiting
+    assert len(set(n_tokens)) > 2  # rows finished at different steps
+
+
+def test_queues_are_even_and_longest_first():
+    ids = [[7] * (2 + k * 5 % 13) for k in range(13)]
+    n_start, queues = gp.plan_queues(ids, 4)
+    assert [len(q) for q in queues] == [3, 3, 3, 4] and n_start == 1  # not 4, 4, 4 and a lone 1
+    order = [k for q in queues for k in q]
+    assert sorted(order) == list(range(13)) and [len(ids[k]) for k in order] == sorted(map(len, ids), reverse=True)
 
 
 def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path, capsys):
@@ -194,15 +260,20 @@ def test_resume_after_damage_equals_a_clean_run(tiny_paths, lively_llm, tmp_path
     assert read(out) == again
 
 
-def test_resumed_run_batches_and_caches_as_an_uninterrupted_one(tiny_paths, tmp_path, monkeypatch):
-    """The batches, and the prompt start held in the KV cache, are planned over every prompt asked, written or not: in
+def test_resumed_run_queues_and_caches_as_an_uninterrupted_one(tiny_paths, tmp_path, monkeypatch):
+    """The queues, and the prompt start held in the KV cache, are planned over every prompt asked, written or not: in
     bf16 another batch or another cached start can flip a greedy reply, and a resumed run would not equal a clean one.
-    The LLM is faked (only the plan matters here): each reply names its batch."""
-    calls = []  # (n_start, cached start) of each batch
+    The LLM is faked (only the plan matters here): each reply names its queue."""
+    calls = []  # (n_start, cached start) of each queue
 
-    def fake_decode(model, tokenizer, batch, *args):
+    def fake_decode(model, tokenizer, batch, *args, refill):
         calls.append((batch["n_start"], batch["cache"]))
-        return [f"batch {len(calls)}"] * len(batch["rows"]), [1] * len(batch["rows"])
+        rows = []
+        while batch is not None:  # the first batch, then the rows that take finished rows' places
+            assert (batch["n_start"], batch["cache"]) == calls[-1]
+            rows += batch["rows"]
+            batch = refill(1)
+        return [f"queue {len(calls)}"] * len(rows), [1] * len(rows)
 
     monkeypatch.setattr(gp, "load_llm", lambda *args: None)
     monkeypatch.setattr(gp, "start_cache", lambda model, ids: tuple(ids))
@@ -212,26 +283,26 @@ def test_resumed_run_batches_and_caches_as_an_uninterrupted_one(tiny_paths, tmp_
     write_manifest(tmp_path, 12)
     out = tmp_path / "train_pairs.jsonl"
 
-    def batches(pairs):
+    def queues(pairs):
         grouped = {}
         for p in pairs:
             grouped.setdefault(p["target"], set()).add(p["audio_id"])
         return list(grouped.values())
 
-    run(tmp_path, tiny_paths[1])
+    run(tmp_path, tiny_paths[1], queue_size=4, batch_size=2)
     clean = out.read_text().splitlines(keepends=True)
-    planned = batches(map(json.loads, clean))
+    planned = queues(map(json.loads, clean))
     assert len(planned) == 3 and len(set(calls)) == 1
     lost = [{"clip0000", "clip0009"},  # both 1 s long: their prompts share more than all twelve do
-            {min(planned[0]), min(planned[2])},  # two rows of different batches
-            planned[1]]  # a whole batch, as a kill leaves
+            {min(planned[0]), min(planned[2])},  # two rows of different queues
+            planned[1]]  # a whole queue, as a kill leaves
     for ids in lost:
         out.write_text("".join(line for line in clean if json.loads(line)["audio_id"] not in ids))
         n_calls = len(calls)
-        run(tmp_path, tiny_paths[1])
-        remade = batches(map(json.loads, out.read_text().splitlines()[len(clean) - len(ids):]))
+        run(tmp_path, tiny_paths[1], queue_size=4, batch_size=2)
+        remade = queues(map(json.loads, out.read_text().splitlines()[len(clean) - len(ids):]))
         assert set().union(*remade) == ids
-        assert all(any(b <= p for p in planned) for b in remade)  # each one part of a planned batch...
+        assert all(any(b <= p for p in planned) for b in remade)  # each one part of a planned queue...
         assert ids not in planned or remade == [ids]  # ...and all of it when all of it was lost
         assert len(calls) == n_calls + len(remade) and len(set(calls)) == 1  # the same cached start
 
@@ -268,7 +339,7 @@ def test_killed_run_restarts_without_duplicates(tiny_paths, tmp_path):
     rows = write_manifest(tmp_path, 120)
     out = tmp_path / "train_pairs.jsonl"
     cmd = [sys.executable, "generate_pairs.py", f"--data_dir={tmp_path}", f"--llm={tiny_paths[1]}", "--splits=train",
-           "--batch_size=1", "--max_new_tokens=16", f"--instructions={TWO_INSTRUCTIONS}"]
+           "--batch_size=1", "--queue_size=1", "--max_new_tokens=16", f"--instructions={TWO_INSTRUCTIONS}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     try:
