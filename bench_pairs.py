@@ -13,10 +13,10 @@ of one batch: rows leave and nothing takes their places, what continuous batchin
 
 Prompt tok/s counts every row's real prompt tokens over the time spent reading prompts (ours: decoder calls that read
 more than one position; raw: each batch's first forward, its first token picked); decode tok/s the tokens generated
-over the rest; end to end, the generated tokens over the whole time (tokenizing
-included). Raw decodes max_new_tokens for every row, ours stops a row at its end of turn: raw's tok/s is the rate the
-hardware gives a batch of that size, ours the rate pair generation gets. It also counts how often the replies name the
-gender their seed transcript gives: what the targets would teach.
+over the rest; end to end, the generated tokens over the whole time (tokenizing included). Raw decodes max_new_tokens
+for every row, ours stops a row at its end of turn: raw's tok/s is the rate the hardware gives a batch of that size,
+ours the rate pair generation gets. It also counts how often the replies name the gender their seed transcript gives:
+what the targets would teach.
 """
 import os
 import random

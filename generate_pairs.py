@@ -389,6 +389,9 @@ def main(cfg):
         die(f"--backend must be 'local' or 'http', got {cfg['backend']!r}")
     if cfg['llm_dtype'] != 'auto' and cfg['llm_dtype'] not in DTYPES:
         die(f"--llm_dtype must be auto or one of {', '.join(DTYPES)}, got {cfg['llm_dtype']!r}")
+    for key in ('batch_size', 'queue_size'):
+        if cfg[key] < 1:
+            die(f"--{key} must be at least 1, got {cfg[key]}")
     pair_model, model, tokenizer = load_pair_model(cfg)
     for split in split_names:
         make_pairs(cfg, split, shard, groups, pair_model, model, tokenizer)

@@ -176,8 +176,9 @@ def test_rows_that_join_a_batch_under_way_get_the_replies_they_get_alone(lively_
 
     tokenizer = AutoTokenizer.from_pretrained(lively_llm)
     model = AutoModelForCausalLM.from_pretrained(lively_llm, dtype=torch.float32).eval()
-    ids = [tokenizer(render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION),
-                     add_special_tokens=False).input_ids for k in (0, 8, 6, 3)]  # 2, 3, 8 and 5 words
+    more = [tokenizer(render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION),
+                      add_special_tokens=False).input_ids for k in range(12)]
+    ids = [more[k] for k in (0, 8, 6, 3)]  # 2, 3, 8 and 5 words
 
     def decode(rows, **kwargs):
         return model_py.llm_decode(model, tokenizer, gp.left_padded_batch(model, rows, tokenizer.pad_token_id), 10, **kwargs)
@@ -207,8 +208,6 @@ def test_rows_that_join_a_batch_under_way_get_the_replies_they_get_alone(lively_
     assert n_tokens[0] == 3 and not waiting
     assert min(gaps) < 0 < max(gaps)
     # in a batch of 8, prompts join 2 or more at a time (a quarter of the batch), and still get their own replies
-    more = [tokenizer(render_prompt(tokenizer, manifest_row(k)["seed_transcript"], DEFAULT_INSTRUCTION),
-                      add_special_tokens=False).input_ids for k in range(12)]
     alone = [decode([row], eot_id=stop) for row in more]
     waiting, asked = more[8:], []
 
@@ -220,6 +219,15 @@ def test_rows_that_join_a_batch_under_way_get_the_replies_they_get_alone(lively_
     assert (answers, n_tokens) == ([a[0][0] for a in alone], [a[1][0] for a in alone])
     assert asked and min(asked) >= 2 and not waiting
     assert len(set(n_tokens)) > 2  # rows finished at different steps
+
+
+@pytest.mark.parametrize("key", ["batch_size", "queue_size"])
+def test_batch_and_queue_sizes_below_one_are_a_clear_error(key, tiny_paths, tmp_path, capsys):
+    write_manifest(tmp_path, 2)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, tiny_paths[1], **{key: 0})
+    assert e.value.code == 2 and f"--{key} must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "train_pairs.jsonl").exists()
 
 
 def test_queues_are_even_and_longest_first():
