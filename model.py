@@ -5,7 +5,8 @@ DeSTA2 (Lu et al., "Developing Instruction-Following Speech Language Model Witho
         -> Q-Former adapter (the only trained part) -> n_queries vectors in the LLM's embedding space
         -> chat prompt <audio>[speech vectors] Whisper's transcript</audio> instruction -> frozen instruction-tuned LLM
 Speed tricks stay off that path, switched by arguments: share_prompt_start (the prompt start all rows share runs once,
-into a KV cache), draft_tokens (prompt-lookup drafts for one greedy answer); compile_decoder_layers for GPU training.
+into a KV cache), clips (in training, a clip's rows run as one sequence that holds its speech vectors and transcript
+once: tree_rows), draft_tokens (prompt-lookup drafts for one greedy answer); compile_decoder_layers for GPU training.
 """
 import copy
 import json
@@ -248,6 +249,57 @@ def mask_and_positions(rows, pad_left, n_start=0):
     attention_mask = torch.cat([torch.ones(len(rows), n_start, dtype=real.dtype), real], dim=1)
     return attention_mask, n_start + (real.cumsum(-1) - 1).clamp(min=0)
 
+def widen_rows(pieces, n_speech, n_start, pad_id):
+    """Each piece's prompt after its first n_start tokens, every SPEECH_ID widened to n_speech slots (pad_id for now),
+    then its target -> token rows, labels (-100 but on the target), speech slots (True), prompt lengths."""
+    rows, labels, speech_rows, prompt_lengths = [], [], [], []
+    for p in pieces:
+        prompt = [i for t in p.prompt[n_start:] for i in ([t] if t != SPEECH_ID else [SPEECH_ID] * n_speech)]
+        rows.append([pad_id if t == SPEECH_ID else t for t in prompt] + p.target)
+        labels.append([-100] * len(prompt) + p.target)
+        speech_rows.append([t == SPEECH_ID for t in prompt] + [False] * len(p.target))
+        prompt_lengths.append(len(prompt))
+    return rows, labels, speech_rows, prompt_lengths
+
+def group_by_clip(clips, n_rows):
+    """Row indices grouped by clip key, in order of first appearance (clips None: a clip per row)."""
+    clips = range(n_rows) if clips is None else clips
+    return [[i for i, c in enumerate(clips) if c == key] for key in dict.fromkeys(clips)]
+
+def tree_rows(clip_groups, rows, labels, speech_rows, prompt_lengths):
+    """Training rows (speech slots widened) in groups that hear one clip -> one sequence per group: the start its rows
+    share (the chat header, the clip's speech vectors, the transcript) once, then each row's rest, prompt and target, as a
+    branch that sees the shared start and itself only (tree_mask_and_positions), so each row's loss is the one it has
+    alone. Rows that part before the speech ends run as sequences of their own. Returns per sequence its tokens, labels,
+    speech slots, branch of each token (0: the shared start, k: the group's k-th row), the position each token has in its
+    own row, and which group the sequence hears."""
+    out = tokens, seq_labels, speech, branches, positions, heard = [], [], [], [], [], []
+    for g, group in enumerate(clip_groups):
+        # every row keeps a prompt token of its own: a target's first token is predicted from its own prompt
+        n_shared = min(len(os.path.commonprefix([rows[i][:prompt_lengths[i]] for i in group])),
+                       min(prompt_lengths[i] for i in group) - 1)
+        speech_ends = [max((k + 1 for k, s in enumerate(speech_rows[i]) if s), default=0) for i in group]
+        for part in [group] if len(group) > 1 and n_shared >= max(speech_ends) else [[i] for i in group]:
+            n = n_shared if len(part) > 1 else 0
+            for seq, row_values in ((tokens, rows), (seq_labels, labels), (speech, speech_rows)):
+                seq.append(row_values[part[0]][:n] + [v for i in part for v in row_values[i][n:]])
+            branches.append([0] * n + [k + 1 for k, i in enumerate(part) for _ in rows[i][n:]])
+            positions.append(list(range(n)) + [p for i in part for p in range(n, len(rows[i]))])
+            heard.append(g)
+    return out
+
+def tree_mask_and_positions(branches, positions, n_start=0):
+    """A 4-D attention mask (B, 1, S, n_start + S; True where a token may look) and position_ids (B, S) for tree_rows'
+    sequences, padded on the right, after n_start shared tokens in a KV cache: a token sees the cache, and the tokens
+    before it in the shared start and in its own branch."""
+    branch = pad_rows(branches, -1, pad_left=False)  # -1: padding
+    S = branch.shape[1]
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    seen = causal & (branch[:, None, :] >= 0) & ((branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None]))
+    seen |= torch.eye(S, dtype=torch.bool)  # a padding token sees itself: no row of the softmax is all -inf
+    seen = torch.cat([torch.ones(len(branches), S, n_start, dtype=torch.bool), seen], dim=-1)[:, None]
+    return seen, n_start + pad_rows(positions, 0, pad_left=False)
+
 def llm_head(llm, hidden):
     """Logits for (N, hidden): the LM head (136 M of Qwen2.5-0.5B's 494 M weights) only where used, on a 2-D matrix (given
     a strided (B, 1, hidden) view PyTorch on CPU copied the bf16 head per row). Llama's and Qwen2's add nothing after it."""
@@ -305,33 +357,45 @@ class DeSTA2(nn.Module):
         return [tokenize_conversation(self.tokenizer, chat_messages(SPEECH_SLOT + cut_text(self.tokenizer, t, max_text_tokens), i),
                                       g, max_text_tokens, self.eot_id) for t, i, g in zip(transcripts, instructions, targets)]
 
-    def assemble(self, speech_vectors, pieces, pad_left=False, n_start=0):
+    def assemble(self, speech_vectors, pieces, pad_left=False, n_start=0, clip_groups=None):
         """Each row's prompt with its clips' speech vectors (n_clips, Q, D in row order; None: text only) in their slots,
         and its target -> inputs_embeds, attention_mask, position_ids, labels (-100 but on the targets), speech_mask,
         token_ids (for prompt-lookup drafts). Padded right for training, left for generation (the next token's column is
-        then the last); n_start: every row's first n_start tokens are left out, being in a KV cache (shared_prompt_start)."""
+        then the last); n_start: every row's first n_start tokens are left out, being in a KV cache (shared_prompt_start).
+        clip_groups (training): lists of rows that hear one clip, speech_vectors one per group; each group's rows run as
+        one sequence (tree_rows), with a 4-D attention mask."""
         n_speech = 0 if speech_vectors is None else speech_vectors.shape[1]
-        rows, labels, speech_rows = [], [], []
-        for p in pieces:
-            prompt = [i for t in p.prompt[n_start:] for i in ([t] if t != SPEECH_ID else [SPEECH_ID] * n_speech)]
-            rows.append([self.pad_id if t == SPEECH_ID else t for t in prompt] + p.target)
-            labels.append([-100] * len(prompt) + p.target)
-            speech_rows.append([t == SPEECH_ID for t in prompt] + [False] * len(p.target))
+        rows, labels, speech_rows, prompt_lengths = widen_rows(pieces, n_speech, n_start, self.pad_id)
         device = self.llm.device
-        attention_mask, position_ids = (t.to(device) for t in mask_and_positions(rows, pad_left, n_start))
+        if clip_groups is None:
+            attention_mask, position_ids = (t.to(device) for t in mask_and_positions(rows, pad_left, n_start))
+        else:
+            rows, labels, speech_rows, branches, positions, heard = tree_rows(clip_groups, rows, labels, speech_rows,
+                                                                              prompt_lengths)
+            speech_vectors = speech_vectors[heard] if n_speech else None
+            attention_mask, position_ids = (t.to(device) for t in tree_mask_and_positions(branches, positions, n_start))
         speech_mask = pad_rows(speech_rows, False, pad_left).to(device)
         embeds = self.llm.get_input_embeddings()(pad_rows(rows, self.pad_id, pad_left).to(device))
         if n_speech:  # the speech vectors take the slots' places, in order; masked_scatter keeps their gradient
             embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
+        if attention_mask.dim() == 4:  # additive, in the LLM's dtype: what its attention (sdpa or eager) adds to its scores
+            attention_mask = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=device).masked_fill(
+                ~attention_mask, torch.finfo(embeds.dtype).min)
         return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                     labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, token_ids=rows)
 
-    def forward(self, tapped_states, frame_mask, pieces, share_prompt_start=True):
-        """Mean cross-entropy over the target tokens (reply and end-of-turn). share_prompt_start: the same loss, the start
-        all rows share read from a KV cache; False runs it in every row, as published and as compile_decoder_layers needs."""
-        speech_vectors = self.adapter(tapped_states, frame_mask)
-        n_start, cache = self.shared_prompt_start(pieces) if share_prompt_start else (0, None)
-        batch = self.assemble(speech_vectors, pieces, n_start=n_start)
+    def forward(self, tapped_states, frame_mask, pieces, share_prompt_start=True, clips=None):
+        """Mean cross-entropy over the target tokens (reply and end-of-turn). clips: a key per row (its audio file); rows
+        with one key hear one clip, so the adapter runs once for it and its rows run as one sequence, the part they
+        share once (tree_rows): the same loss, fewer tokens. None: a clip per row. share_prompt_start: the same loss, the
+        start all rows share read from a KV cache; False runs it in every row, as published and as compile_decoder_layers
+        needs."""
+        clip_groups = group_by_clip(clips, len(pieces))
+        first_rows = [g[0] for g in clip_groups]
+        speech_vectors = self.adapter(tapped_states[first_rows], frame_mask[first_rows])
+        n_start = prompt_start_length(pieces) if share_prompt_start else 0
+        batch = self.assemble(speech_vectors, pieces, n_start=n_start, clip_groups=clip_groups)
+        cache = self.shared_prompt_start(pieces, len(batch["token_ids"]))[1] if n_start else None
         hidden = self.llm.get_decoder()(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                         position_ids=batch["position_ids"], cache=cache, use_cache=False).last_hidden_state
         # the hidden state at t predicts the token at t+1: only the targets' go through the LM head (a fraction of its cost)
@@ -339,9 +403,10 @@ class DeSTA2(nn.Module):
         scored = labels != -100
         return F.cross_entropy(llm_head(self.llm, hidden[:, :-1][scored]).float(), labels[scored])
 
-    def shared_prompt_start(self, pieces):
-        """(n, KV cache for this batch) of the first n prompt tokens every row shares (about 30 with Qwen's template), or
-        (0, None). The LLM is frozen: their keys and values, the same for every clip, run once and are copied per batch."""
+    def shared_prompt_start(self, pieces, batch_size=None):
+        """(n, KV cache for batch_size rows, default one per piece) of the first n prompt tokens every row shares (about
+        30 with Qwen's template), or (0, None). The LLM is frozen: their keys and values, the same for every clip, run
+        once and are copied per batch."""
         n, device_type = prompt_start_length(pieces), self.llm.device.type
         if n == 0:
             return 0, None
@@ -350,7 +415,7 @@ class DeSTA2(nn.Module):
                torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
         if self._prompt_start is None or self._prompt_start[0] != key:
             self._prompt_start = (key, start_cache(self.llm, pieces[0].prompt[:n]))
-        return n, cache_for_batch(self._prompt_start[1], len(pieces))
+        return n, cache_for_batch(self._prompt_start[1], batch_size or len(pieces))
 
     @torch.no_grad()
     def generate(self, audios, instructions, transcripts=None, max_new_tokens=128, temperature=0.0, top_p=1.0,

@@ -58,7 +58,7 @@ max_text_tokens = 200  # the transcript and the target are each cut to this many
 # data
 batch_size = 4  # rows per micro-batch
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, summed over all processes
-bucket_batches = 50  # batches are made of rows of similar length within random chunks of this many batches
+bucket_batches = 50  # batches are made of rows of similar length, a clip's rows together, within random chunks of this many batches
 cache_features = True  # compute each clip's Whisper features once and keep them in memory (see the memory note below)
 standardize_features = True  # the adapter standardizes Whisper's channels with the training clips' statistics: a few
                              # huge, near-constant channels otherwise drown the frames' differences (README, "Why
@@ -240,9 +240,10 @@ for split, s in splits.items():
     s['rows'] = good
     s['pieces'] = raw_model.tokenize([r['transcript'] for r in good], [r['instruction'] for r in good],
                                      [r['target'] for r in good], max_text_tokens)
-    # sort key for bucketing: (encoder frames, text tokens)
-    s['lengths'] = [(math.ceil(clips[r['audio']] / 320), len(p.prompt) + len(p.target))
-                    for r, p in zip(good, s['pieces'])]
+    # sort key for bucketing: encoder frames, then the clip, so that a clip's rows share a batch and run as one sequence
+    # (model.tree_rows), then text tokens
+    s['sort_keys'] = [(math.ceil(clips[r['audio']] / 320), r['audio'], len(p.prompt) + len(p.target))
+                      for r, p in zip(good, s['pieces'])]
 if not splits['train']['rows']:
     die(f"no usable rows in {pairs_files['train']}")
 # what the training rows say, so that a resume can tell the same data from grown or changed data. Audio paths are taken
@@ -257,14 +258,24 @@ if master:
           f"{len(clips)} clips" + (f", features cached: {n_cache / 2**20:.0f} MiB" if cache_features else ""))
 
 
-def make_batches(lengths, epoch):
-    """Row indices in batches of similar length: shuffle, sort within chunks of bucket_batches batches, shuffle the batches.
-    The order is a function of (seed, epoch) alone, so (epoch, batch index) is all a checkpoint needs to find its place."""
+def make_batches(sort_keys, epoch):
+    """Row indices in batches of similar length, a clip's rows side by side (they run as one sequence): shuffle the clips,
+    sort their rows within chunks of whole clips of about bucket_batches batches, shuffle the batches. With a row per
+    clip, a chunk is bucket_batches batches exactly. The order is a function of (seed, epoch) alone, so (epoch, batch
+    index) is all a checkpoint needs to find its place."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    chunk, batches = bucket_batches * batch_size, []
-    for start in range(0, len(order), chunk):
-        rows = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+    rows_of_clip = {}
+    for i, key in enumerate(sort_keys):
+        rows_of_clip.setdefault(key[1], []).append(i)
+    clip_rows = list(rows_of_clip.values())
+    chunks, chunk = [[]], bucket_batches * batch_size
+    for k in torch.randperm(len(clip_rows), generator=g).tolist():
+        chunks[-1] += clip_rows[k]
+        if len(chunks[-1]) >= chunk:
+            chunks.append([])
+    batches = []
+    for rows in chunks:
+        rows = sorted(rows, key=lambda i: sort_keys[i])
         batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
@@ -308,9 +319,9 @@ if standardize_features and init_from == 'scratch':
               f"channel std {feature_std.min():.3g} to {feature_std.max():.3g})")
 
 # the evaluation batches are fixed, so successive evaluations measure the same thing
-eval_batches = {split: make_batches(s['lengths'], epoch=-1)[:eval_iters] for split, s in splits.items()}
+eval_batches = {split: make_batches(s['sort_keys'], epoch=-1)[:eval_iters] for split, s in splits.items()}
 listen_split = 'val' if 'val' in splits else 'train'  # where estimate_loss also measures the loss with other clips' audio
-n_train_batches = len(make_batches(splits['train']['lengths'], 0))
+n_train_batches = len(make_batches(splits['train']['sort_keys'], 0))
 if master:
     print(f"{n_train_batches} batches of up to {batch_size} per epoch; {gradient_accumulation_steps} per step "
           f"-> {n_train_batches / gradient_accumulation_steps:.1f} steps per epoch")
@@ -355,7 +366,7 @@ if init_from == 'resume':
     if master:
         print(f"resuming from {ckpt_path} at iter {iter_num} (epoch {epoch}, batch {batch_in_epoch}), best val loss {best_val_loss:.4f}")
     del checkpoint
-epoch_order = make_batches(splits['train']['lengths'], epoch)
+epoch_order = make_batches(splits['train']['sort_keys'], epoch)
 if compile:
     if master:
         print("compiling the adapter and the LLM's layers (on the first steps; no shared-start cache)...")
@@ -412,12 +423,14 @@ def estimate_loss():
         total = torch.zeros(4, device=device)  # loss sum and batch count with each row's own audio, then with another's
         for idx in batches[rank::world_size]:
             tapped, frame_mask, pieces = get_batch(split, idx)
+            audios = [splits[split]['rows'][i]['audio'] for i in idx]
             with ctx:
-                total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces, share_prompt_start=not compile).float(),
-                                           torch.ones((), device=device)])
-                swap = other_clip_rows([splits[split]['rows'][i]['audio'] for i in idx]) if split == listen_split else None
+                total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces, share_prompt_start=not compile,
+                                                     clips=audios).float(), torch.ones((), device=device)])
+                swap = other_clip_rows(audios) if split == listen_split else None
                 if swap is not None:
-                    other = raw_model(tapped[swap], frame_mask[swap], pieces, share_prompt_start=not compile).float()
+                    other = raw_model(tapped[swap], frame_mask[swap], pieces, share_prompt_start=not compile,
+                                      clips=[audios[j] for j in swap]).float()
                     total[2:4] += torch.stack([other, torch.ones((), device=device)])
         if ddp:
             dist.all_reduce(total)
@@ -447,7 +460,7 @@ def next_step_batches():
     while len(out) < gradient_accumulation_steps:
         if batch_in_epoch >= len(epoch_order):  # >=: a resume with a larger batch_size has fewer batches per epoch
             epoch, batch_in_epoch = epoch + 1, 0
-            epoch_order = make_batches(splits['train']['lengths'], epoch)
+            epoch_order = make_batches(splits['train']['sort_keys'], epoch)
         out.append(epoch_order[batch_in_epoch])
         batch_in_epoch += 1
     return out
@@ -500,9 +513,10 @@ while True:
         # each micro-batch's dropout comes from its own seed: the same numbers on 1 or N processes, and after a resume
         torch.manual_seed(seed * 1_000_003 + iter_num * gradient_accumulation_steps + j)
         tapped, frame_mask, pieces = get_batch('train', idx)
+        audios = [splits['train']['rows'][i]['audio'] for i in idx]  # a clip's rows run as one sequence (model.tree_rows)
         with model.no_sync() if ddp and k < len(mine) - 1 else contextlib.nullcontext():
-            with ctx:
-                loss = model(tapped, frame_mask, pieces, share_prompt_start=not compile)  # compiled layers: no shared cache
+            with ctx:  # compiled layers: no shared prompt start
+                loss = model(tapped, frame_mask, pieces, share_prompt_start=not compile, clips=audios)
             loss_sum += loss.detach().float()
             scaler.scale(loss / len(mine)).backward()
     # one collective per step: the summed loss, and rank 0's clock (so that every rank stops at the same step)
@@ -533,9 +547,10 @@ while True:
     if master and iter_num % log_interval == 0:
         n_rows = sum(len(idx) for idx in step_batches)
         n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
-        n_tokens = sum(splits['train']['lengths'][i][1] + n_queries for idx in step_batches for i in idx)
+        n_tokens = sum(splits['train']['sort_keys'][i][2] + n_queries for idx in step_batches for i in idx)
         # FLOPs counted only where there is a peak to divide them by (CUDA), not on every CPU step
-        mfu = (sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx]) for idx in step_batches)
+        mfu = (sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx],
+                                  [splits['train']['rows'][i]['audio'] for i in idx]) for idx in step_batches)
                / dt / (peak_flops * world_size) if peak_flops else None)
         eta = (max_iters - iter_num - 1) * dt_avg
         if max_seconds_total > 0:

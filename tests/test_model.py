@@ -181,6 +181,58 @@ def test_reusing_the_prompt_start_changes_nothing_but_the_work(steerable_model):
     assert answers_r == answers_f and answers_r[0] != answers_r[1], (answers_r, answers_f)
 
 
+def test_a_clips_rows_run_as_one_sequence_with_the_loss_they_have_apart(steerable_model):
+    m = steerable_model
+    states, mask = m.speech_features([chirp(1.0), chirp(1.7, 200, seed=3), chirp(1.3, 150, seed=5), chirp(0.8, 300)])
+    # clip 0 asked three times (twice the same question, other targets), clip 1 twice, clip 2 twice the same, clip 3 once
+    clips = [0, 0, 1, 0, 1, 2, 2, 3]
+    pieces = m.tokenize(["hello", "hello", "the quick brown fox", "hello", "the quick brown fox", "one", "one", "two"],
+                        ["Who speaks?", "Who speaks?", DEFAULT_INSTRUCTION, "Is it loud?", "Is it loud?", "Who speaks?",
+                         "Who speaks?", "Who speaks?"],
+                        ["a male", "a man", "a quiet female voice", "yes", "no it is not loud", "a child", "a kid", "me"])
+    widths = []  # tokens per row the decoder runs
+    hook = m.llm.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["inputs_embeds"].shape[:2]) if "inputs_embeds" in kwargs else None,
+        with_kwargs=True)
+    try:
+        for share in (True, False):
+            results = []
+            for keys in (None, clips):  # a clip per row, then the rows grouped by clip
+                m.adapter.zero_grad()
+                loss = m(states[clips], mask[clips], pieces, share_prompt_start=share, clips=keys)
+                loss.backward()
+                results.append((loss.detach(), [p.grad.clone() for p in m.adapter.parameters()]))
+            (loss_apart, grads_apart), (loss_grouped, grads_grouped) = results
+            torch.testing.assert_close(loss_grouped, loss_apart, atol=1e-5, rtol=1e-5)
+            for a, b in zip(grads_grouped, grads_apart):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+            (rows_apart, width_apart), (rows_grouped, width_grouped) = widths[-2:]
+            # four sequences instead of eight, and fewer tokens in all: each clip's speech vectors and transcript once
+            assert (rows_apart, rows_grouped) == (8, 4) and rows_grouped * width_grouped < rows_apart * width_apart
+    finally:
+        hook.remove()
+
+
+def test_rows_that_part_before_their_speech_ends_run_apart():
+    # two rows of one clip whose prompts differ before the speech slots end (as two-clip conversations could)
+    rows = [[1, 2, 0, 0, 3, 4], [1, 5, 0, 0, 3, 6]]
+    speech = [[False, False, True, True, False, False]] * 2
+    tokens, labels, speech_out, branches, positions, heard = model.tree_rows([[0, 1]], rows, [[-100] * 5 + [4]] * 2,
+                                                                             speech, [5, 5])
+    assert tokens == rows and heard == [0, 0] and branches == [[1] * 6] * 2 and positions == [list(range(6))] * 2
+    # and rows that agree past it share their start: the branches keep their own positions
+    rows = [[1, 0, 0, 3, 4, 9], [1, 0, 0, 3, 5, 9, 9]]
+    speech = [[False, True, True] + [False] * (len(r) - 3) for r in rows]
+    tokens, _, _, branches, positions, heard = model.tree_rows([[0, 1]], rows, [[-100] * 5 + [9], [-100] * 5 + [9, 9]],
+                                                               speech, [5, 5])
+    assert tokens == [[1, 0, 0, 3, 4, 9, 5, 9, 9]] and heard == [0]
+    assert branches == [[0, 0, 0, 0, 1, 1, 2, 2, 2]] and positions == [[0, 1, 2, 3, 4, 5, 4, 5, 6]]
+    seen, position_ids = model.tree_mask_and_positions(branches, positions, n_start=2)
+    assert seen.shape == (1, 1, 9, 11) and position_ids.tolist() == [[p + 2 for p in positions[0]]]
+    # the second branch's first token sees the cache and the shared start, not the first branch
+    assert seen[0, 0, 6].tolist() == [True] * 2 + [True] * 4 + [False, False] + [True] + [False] * 2
+
+
 def test_lookup_draft_continues_the_latest_earlier_match():
     ids = [5, 6, 7, 8, 9, 1, 6, 7, 2, 3, 6, 7]
     assert lookup_draft(ids, 2) == [2, 3]  # the tail 6,7 last occurred before 2,3 (the longest n-gram first)

@@ -268,6 +268,18 @@ def test_two_processes_match_one(tiny_paths, steerable_llm, data_dir, reference_
             torch.testing.assert_close(tensor, reference[name], atol=2e-4, rtol=0, msg=name)
 
 
+def run_train_in_process(monkeypatch, tiny_paths, data_dir, out_dir, *args):
+    """train.py run in this process (so a test can patch the model), on the tiny base models, one thread."""
+    monkeypatch.setattr(sys, "argv", ["train.py", f"--whisper={tiny_paths[0]}", f"--llm={tiny_paths[1]}", f"--data_dir={data_dir}",
+                                      f"--out_dir={out_dir}", "--device=cpu", "--dtype=float32", "--eval_interval=100",
+                                      "--eval_iters=1", "--num_threads=1", *args])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_paths, data_dir, tmp_path, monkeypatch, capsys):
     """In-process, with the model's loss forced to NaN on chosen training steps: a NaN step changes nothing, a good step
     resets the count, and max_bad_steps NaNs in a row stop the run with exit code 3 and a checkpoint."""
@@ -282,22 +294,37 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_paths, data_dir, t
         return loss
 
     monkeypatch.setattr(DeSTA2, "forward", forward)
-    monkeypatch.setattr(sys, "argv", ["train.py", f"--whisper={tiny_paths[0]}", f"--llm={tiny_paths[1]}", f"--data_dir={data_dir}",
-                                      f"--out_dir={tmp_path}", "--device=cpu", "--dtype=float32", "--max_iters=20",
-                                      "--max_bad_steps=2", "--eval_interval=100", "--eval_iters=1", "--batch_size=6",
-                                      "--num_threads=1"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train_in_process(monkeypatch, tiny_paths, data_dir, tmp_path, "--max_iters=20", "--max_bad_steps=2",
+                             "--batch_size=6")
     assert exit_info.value.code == 3
     err = capsys.readouterr().err
     assert err.count("step skipped") == 3 and "2 non-finite losses in a row at iter 4" in err
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ckpt["iter_num"] == 4
     assert [s["step"].item() for s in ckpt["optimizer"]["state"].values()] == [1] * len(ckpt["optimizer"]["state"])
+
+
+def test_a_clips_rows_share_a_batch_and_run_as_one_sequence(tiny_paths, tmp_path, monkeypatch):
+    """Six clips asked two questions each, batches of 4 rows bucketed in chunks of one batch: every training batch holds
+    two whole clips, and the model is told which rows are one clip (it runs them as one sequence, model.tree_rows)."""
+    data = write_pairs(tmp_path / "data", n_clips=6, extra_rows=False)
+    rows = [json.loads(line) for line in open(data / "train_pairs.jsonl")]
+    (data / "train_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(
+        json.dumps({**r, "instruction": "Describe the speaker.", "target": "a voice"}) + "\n" for r in rows))
+    real_forward, batches = DeSTA2.forward, []
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            batches.append(kwargs["clips"])
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeSTA2, "forward", forward)
+    run_train_in_process(monkeypatch, tiny_paths, data, tmp_path / "out", "--max_iters=9", "--batch_size=4",
+                         "--bucket_batches=1")
+    assert len(batches) == 9  # three epochs of three batches
+    for clips in batches:
+        assert sorted(clips.count(c) for c in set(clips)) == [2, 2], batches
 
 
 def test_clear_errors_for_missing_pairs_and_weights(tiny_paths, data_dir, tmp_path):
