@@ -373,14 +373,14 @@ class DeSTA2(nn.Module):
             rows, labels, speech_rows, branches, positions, heard = tree_rows(clip_groups, rows, labels, speech_rows,
                                                                               prompt_lengths)
             speech_vectors = speech_vectors[heard] if n_speech else None
-            attention_mask, position_ids = (t.to(device) for t in tree_mask_and_positions(branches, positions, n_start))
+            seen, position_ids = (t.to(device) for t in tree_mask_and_positions(branches, positions, n_start))
+            # additive, in the LLM's dtype: what its attention (sdpa or eager) adds to its scores
+            dtype = self.llm.get_input_embeddings().weight.dtype
+            attention_mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)
         speech_mask = pad_rows(speech_rows, False, pad_left).to(device)
         embeds = self.llm.get_input_embeddings()(pad_rows(rows, self.pad_id, pad_left).to(device))
         if n_speech:  # the speech vectors take the slots' places, in order; masked_scatter keeps their gradient
             embeds = embeds.masked_scatter(speech_mask[..., None], speech_vectors.to(embeds.dtype))
-        if attention_mask.dim() == 4:  # additive, in the LLM's dtype: what its attention (sdpa or eager) adds to its scores
-            attention_mask = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=device).masked_fill(
-                ~attention_mask, torch.finfo(embeds.dtype).min)
         return dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                     labels=pad_rows(labels, -100, pad_left).to(device), speech_mask=speech_mask, token_ids=rows)
 

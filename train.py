@@ -281,7 +281,8 @@ def make_batches(sort_keys, epoch):
 
 
 def get_batch(split, idx):
-    """One micro-batch: tapped features (B, L, T, D) as float32 on the device, frame mask (B, T), text pieces."""
+    """One micro-batch: tapped features (B, L, T, D) as float32 on the device, frame mask (B, T), text pieces, and each
+    row's audio path (a clip's rows run as one sequence: model.tree_rows)."""
     s = splits[split]
     rows, pieces = [s['rows'][i] for i in idx], [s['pieces'][i] for i in idx]
     if cache_features:
@@ -293,7 +294,7 @@ def get_batch(split, idx):
             die(f"{e} (it was readable at start-up)")
         with ctx:
             tapped, frame_mask = raw_model.speech_features(audios)
-    return tapped.to(device).float(), frame_mask.to(device), pieces
+    return tapped.to(device).float(), frame_mask.to(device), pieces, [r['audio'] for r in rows]
 
 
 # per tapped block and channel, the mean and std of the training clips' Whisper frames, for the adapter's
@@ -306,7 +307,7 @@ if standardize_features and init_from == 'scratch':
         stat_rows = [stat_rows[i] for i in sorted(sample.tolist())]
     n_frames, total, squares = 0, 0.0, 0.0
     for i in range(0, len(stat_rows), 16):
-        tapped, frame_mask, _ = get_batch('train', stat_rows[i:i + 16])
+        tapped, frame_mask, _, _ = get_batch('train', stat_rows[i:i + 16])
         for f, m in zip(tapped.double().cpu(), frame_mask.cpu()):
             f = f[:, m]
             n_frames, total, squares = n_frames + f.shape[1], total + f.sum(1), squares + (f * f).sum(1)
@@ -422,8 +423,7 @@ def estimate_loss():
     for split, batches in eval_batches.items():
         total = torch.zeros(4, device=device)  # loss sum and batch count with each row's own audio, then with another's
         for idx in batches[rank::world_size]:
-            tapped, frame_mask, pieces = get_batch(split, idx)
-            audios = [splits[split]['rows'][i]['audio'] for i in idx]
+            tapped, frame_mask, pieces, audios = get_batch(split, idx)
             with ctx:
                 total[0:2] += torch.stack([raw_model(tapped, frame_mask, pieces, share_prompt_start=not compile,
                                                      clips=audios).float(), torch.ones((), device=device)])
@@ -512,8 +512,7 @@ while True:
     for k, (j, idx) in enumerate(mine):
         # each micro-batch's dropout comes from its own seed: the same numbers on 1 or N processes, and after a resume
         torch.manual_seed(seed * 1_000_003 + iter_num * gradient_accumulation_steps + j)
-        tapped, frame_mask, pieces = get_batch('train', idx)
-        audios = [splits['train']['rows'][i]['audio'] for i in idx]  # a clip's rows run as one sequence (model.tree_rows)
+        tapped, frame_mask, pieces, audios = get_batch('train', idx)
         with model.no_sync() if ddp and k < len(mine) - 1 else contextlib.nullcontext():
             with ctx:  # compiled layers: no shared prompt start
                 loss = model(tapped, frame_mask, pieces, share_prompt_start=not compile, clips=audios)
