@@ -230,21 +230,26 @@ def generation_dtype(device: str) -> str:
         return "float32"
 
 
-def training_flops(model, pieces, clips=None) -> int:
-    """Model FLOPs of one training step on these rows (clips as model.forward takes them), for MFU, as the step runs
-    them: 4 per frozen LLM weight and token after the shared prompt start, a clip's rows' shared part once
-    (model.tree_rows; backward to the activations only), the LM head on the targets only, 6 per adapter weight, query
-    and tapped block of each clip. Attention's own FLOPs and Whisper are left out: a few % at most."""
+def training_tokens(model, pieces, clips=None) -> int:
+    """LLM tokens one training step runs for these rows (clips as model.forward takes them): those after the shared
+    prompt start, a clip's rows' shared part once (model.tree_rows), padding not counted."""
     from model import group_by_clip, prompt_start_length, tree_rows, widen_rows
+    rows = widen_rows(pieces, model.config.n_queries, prompt_start_length(pieces), 0)
+    return sum(len(s) for s in tree_rows(group_by_clip(clips, len(pieces)), *rows)[0])
+
+
+def training_flops(model, pieces, clips=None) -> int:
+    """Model FLOPs of one training step on these rows, for MFU, as the step runs them: 4 per frozen LLM weight and
+    token of training_tokens (backward to the activations only), the LM head on the targets only, 6 per adapter weight,
+    query and tapped block of each clip. Attention's own FLOPs and Whisper are left out: a few % at most."""
+    from model import group_by_clip
     embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
     n_body = sum(p.numel() for p in model.llm.parameters()) - embed.numel() - (0 if head is embed else head.numel())
     n_adapter = sum(p.numel() for p in model.adapter.parameters())
-    n_queries, n_taps = model.config.n_queries, len(model.config.tapped_layers)
-    groups = group_by_clip(clips, len(pieces))
-    sequences = tree_rows(groups, *widen_rows(pieces, n_queries, prompt_start_length(pieces), 0))[0]
+    n_clips = len(group_by_clip(clips, len(pieces)))
     n_target = sum(len(p.target) for p in pieces)
-    return (4 * n_body * sum(len(s) for s in sequences) + 4 * head.numel() * n_target
-            + 6 * n_adapter * len(groups) * n_taps * n_queries)
+    return (4 * n_body * training_tokens(model, pieces, clips) + 4 * head.numel() * n_target
+            + 6 * n_adapter * n_clips * len(model.config.tapped_layers) * model.config.n_queries)
 
 
 # -----------------------------------------------------------------------------

@@ -33,7 +33,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from audio import AudioError, load_audio, probe_audio
-from common import DTYPES, configure, die, generation_dtype, pad_features, read_jsonl, training_flops, whisper_features, write_atomic
+from common import (DTYPES, configure, die, generation_dtype, pad_features, read_jsonl, training_flops, training_tokens,
+                    whisper_features, write_atomic)
 from model import AdapterConfig, compile_decoder_layers, load_model
 
 t_launch = time.time()
@@ -546,11 +547,13 @@ while True:
     if master and iter_num % log_interval == 0:
         n_rows = sum(len(idx) for idx in step_batches)
         n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
-        n_tokens = sum(splits['train']['sort_keys'][i][2] + n_queries for idx in step_batches for i in idx)
+        # the tokens the LLM ran: after the cached prompt start, a clip's shared part once (not each row's whole length)
+        step_rows = [([splits['train']['pieces'][i] for i in idx], [splits['train']['rows'][i]['audio'] for i in idx])
+                     for idx in step_batches]
+        n_tokens = sum(training_tokens(raw_model, pieces, clips) for pieces, clips in step_rows)
         # FLOPs counted only where there is a peak to divide them by (CUDA), not on every CPU step
-        mfu = (sum(training_flops(raw_model, [splits['train']['pieces'][i] for i in idx],
-                                  [splits['train']['rows'][i]['audio'] for i in idx]) for idx in step_batches)
-               / dt / (peak_flops * world_size) if peak_flops else None)
+        mfu = (sum(training_flops(raw_model, pieces, clips) for pieces, clips in step_rows) / dt / (peak_flops * world_size)
+               if peak_flops else None)
         eta = (max_iters - iter_num - 1) * dt_avg
         if max_seconds_total > 0:
             eta = max(0.0, min(eta, max_seconds_total - (time.time() - t_launch)))

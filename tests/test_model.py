@@ -7,6 +7,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_train import steerable_llm  # noqa: F401 (a fixture: a tiny LLM with varied answers)
 
+from common import training_tokens
 import model
 from model import (DEFAULT_INSTRUCTION, SPEECH_ID, SPEECH_SLOT, AdapterConfig, SpeechAdapter, chat_messages,
                    compile_decoder_layers, default_tapped_layers, load_model, lookup_draft, pick_token, read_adapter_config,
@@ -211,6 +212,14 @@ def test_a_clips_rows_run_as_one_sequence_with_the_loss_they_have_apart(steerabl
             assert (rows_apart, rows_grouped) == (8, 4) and rows_grouped * width_grouped < rows_apart * width_apart
     finally:
         hook.remove()
+    # train.py's tok/s counts the tokens the decoder runs (common.training_tokens): those assemble lays out, no padding
+    n_start, shape = model.prompt_start_length(pieces), (m.config.n_queries, m.llm.config.hidden_size)
+    for keys in (None, clips):
+        groups = model.group_by_clip(keys, len(pieces))
+        laid_out = m.assemble(torch.zeros(len(groups), *shape), pieces, n_start=n_start,
+                              clip_groups=groups if keys else None)["token_ids"]
+        assert training_tokens(m, pieces, keys) == sum(len(r) for r in laid_out)
+    assert training_tokens(m, pieces, clips) < training_tokens(m, pieces)
 
 
 def test_rows_that_part_before_their_speech_ends_run_apart():
