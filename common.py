@@ -230,11 +230,12 @@ def generation_dtype(device: str) -> str:
         return "float32"
 
 
-def training_tokens(model, pieces, clips=None) -> int:
-    """LLM tokens one training step runs for these rows (clips as model.forward takes them): those after the shared
-    prompt start, a clip's rows' shared part once (model.tree_rows), padding not counted."""
+def training_tokens(model, pieces, clips=None, share_prompt_start=True) -> int:
+    """LLM tokens one training step runs for these rows (clips and share_prompt_start as model.forward takes them): a
+    clip's rows' shared part once (model.tree_rows), the prompt start all rows share not at all where it is cached,
+    padding not counted."""
     from model import group_by_clip, prompt_start_length, tree_rows, widen_rows
-    rows = widen_rows(pieces, model.config.n_queries, prompt_start_length(pieces), 0)
+    rows = widen_rows(pieces, model.config.n_queries, prompt_start_length(pieces) if share_prompt_start else 0, 0)
     return sum(len(s) for s in tree_rows(group_by_clip(clips, len(pieces)), *rows)[0])
 
 

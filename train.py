@@ -547,10 +547,10 @@ while True:
     if master and iter_num % log_interval == 0:
         n_rows = sum(len(idx) for idx in step_batches)
         n_target = sum(len(splits['train']['pieces'][i].target) for idx in step_batches for i in idx)
-        # the tokens the LLM ran: after the cached prompt start, a clip's shared part once (not each row's whole length)
+        # the tokens the LLM ran: a clip's shared part once, the cached prompt start not at all (not each row's length)
         step_rows = [([splits['train']['pieces'][i] for i in idx], [splits['train']['rows'][i]['audio'] for i in idx])
                      for idx in step_batches]
-        n_tokens = sum(training_tokens(raw_model, pieces, clips) for pieces, clips in step_rows)
+        n_tokens = sum(training_tokens(raw_model, pieces, clips, share_prompt_start=not compile) for pieces, clips in step_rows)
         # FLOPs counted only where there is a peak to divide them by (CUDA), not on every CPU step
         mfu = (sum(training_flops(raw_model, pieces, clips) for pieces, clips in step_rows) / dt / (peak_flops * world_size)
                if peak_flops else None)

@@ -1,4 +1,6 @@
 """Fast tests of model.py on tiny random base models (see conftest.py)."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -213,12 +215,12 @@ def test_a_clips_rows_run_as_one_sequence_with_the_loss_they_have_apart(steerabl
     finally:
         hook.remove()
     # train.py's tok/s counts the tokens the decoder runs (common.training_tokens): those assemble lays out, no padding
-    n_start, shape = model.prompt_start_length(pieces), (m.config.n_queries, m.llm.config.hidden_size)
-    for keys in (None, clips):
+    shape = (m.config.n_queries, m.llm.config.hidden_size)
+    for keys, share in itertools.product((None, clips), (True, False)):
         groups = model.group_by_clip(keys, len(pieces))
-        laid_out = m.assemble(torch.zeros(len(groups), *shape), pieces, n_start=n_start,
+        laid_out = m.assemble(torch.zeros(len(groups), *shape), pieces, n_start=model.prompt_start_length(pieces) * share,
                               clip_groups=groups if keys else None)["token_ids"]
-        assert training_tokens(m, pieces, keys) == sum(len(r) for r in laid_out)
+        assert training_tokens(m, pieces, keys, share_prompt_start=share) == sum(len(r) for r in laid_out)
     assert training_tokens(m, pieces, clips) < training_tokens(m, pieces)
 
 
