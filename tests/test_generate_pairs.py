@@ -509,8 +509,8 @@ def test_demo_training_questions_are_not_eval_questions():
     training question holding one of eval.py's would teach the test's wording, not the hearing. (Its 'chat' questions
     are left out: they start with the paper's training question, and no score of the demo's bar comes from them.)"""
     import eval as ev
-    files = sorted(set(re.findall(r"config/voice_\w+\.txt", (ROOT / "demo.sh").read_text())))
-    assert files == ["config/voice_questions.txt"]
+    files = sorted(set(re.findall(r"config/voice_[\w.]+?\.txt", (ROOT / "demo.sh").read_text())))
+    assert files == ["config/voice_questions.txt", "config/voice_questions_0.5b.txt"]
     scored = [ev.words(max(q.split("{text}"), key=len)) for task, questions in ev.QUESTIONS.items() if task != "chat"
               for q in questions]
     for name in files:
